@@ -1,0 +1,95 @@
+"""Render a synthetic dataset once into an on-disk uint8 cache keyed by the generator config.
+
+The cache is one memory-mappable `images.npy` (N, H, W, 3) plus `manifest.parquet`; it is built in
+a temporary folder and renamed into place, so an interrupted render never leaves a half cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.progress import Progress
+
+from datamodules.manifest import assign_subject_splits, manifest_digest
+
+CACHE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedDataset:
+    directory: Path
+    images: np.ndarray
+    manifest: pd.DataFrame
+    digest: str
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.parquet"
+
+    @classmethod
+    def load(cls, directory: Path) -> CachedDataset:
+        manifest = pd.read_parquet(directory / "manifest.parquet")
+        return cls(directory, np.load(directory / "images.npy", mmap_mode="r"), manifest, manifest_digest(manifest))
+
+
+def cache_key(generator, split_fractions: dict[str, float], split_seed: int) -> str:
+    payload = {
+        "generator": type(generator).__name__,
+        "config": dataclasses.asdict(generator),
+        "splits": dict(split_fractions),
+        "split_seed": split_seed,
+        "format": CACHE_FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _render_chunk(generator, manifest: pd.DataFrame, indices: list[int]) -> np.ndarray:
+    return np.stack([generator.render(manifest.iloc[i], i) for i in indices])
+
+
+def materialise(
+    generator, cache_root: str | Path, split_fractions: dict[str, float], split_seed: int, workers: int = 1
+) -> CachedDataset:
+    """Return the cached dataset, rendering it first if this exact config was never rendered."""
+    directory = Path(cache_root) / f"{generator.name}-{cache_key(generator, split_fractions, split_seed)}"
+    if (directory / "manifest.parquet").exists():
+        return CachedDataset.load(directory)
+
+    manifest = assign_subject_splits(generator.manifest(), split_fractions, split_seed)
+    size = generator.image_size
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".rendering-", dir=directory.parent))
+    try:
+        images = np.lib.format.open_memmap(
+            staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)
+        )
+        chunks = [list(range(i, min(i + 256, len(manifest)))) for i in range(0, len(manifest), 256)]
+        with Progress() as progress, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+            task = progress.add_task(f"Rendering {generator.name}", total=len(manifest))
+            futures = [pool.submit(_render_chunk, generator, manifest, chunk) for chunk in chunks]
+            for chunk, future in zip(chunks, futures, strict=True):
+                images[chunk[0] : chunk[-1] + 1] = future.result()
+                progress.advance(task, len(chunk))
+        images.flush()
+        manifest["sha256"] = [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+        manifest["licence"] = generator.licence
+        manifest.to_parquet(staging / "manifest.parquet", index=False)
+        del images
+        if directory.exists():  # a concurrent run rendered the same config first
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CachedDataset.load(directory)

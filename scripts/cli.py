@@ -1,0 +1,45 @@
+"""`childsafe <stage> [hydra overrides]`: one command, one sub-command per pipeline stage.
+
+Kept free of torch/lightning/mlflow imports so `childsafe --help` answers at once; a stage's
+module is imported only when that stage runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+STAGES = {
+    "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
+}
+
+USAGE = """usage: childsafe <stage> [hydra overrides ...]
+
+Stages:
+{stages}
+
+Examples:
+  childsafe train experiment=age_synthetic trainer.max_epochs=3
+  childsafe train experiment=content_synthetic debug=smoke
+  childsafe train --help          (Hydra's help: config groups and options)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    stages = "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in STAGES.items())
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE.format(stages=stages))
+        return 0
+    stage, rest = args[0], args[1:]
+    if stage not in STAGES:
+        print(f"childsafe: unknown stage {stage!r}. Valid stages: {', '.join(STAGES)}.\n", file=sys.stderr)
+        print(USAGE.format(stages=stages), file=sys.stderr)
+        return 2
+    sys.argv = [f"childsafe {stage}", *rest]
+    importlib.import_module(STAGES[stage][0]).main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

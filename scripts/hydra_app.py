@@ -1,0 +1,167 @@
+"""How every stage starts: check the overrides, then hand over to `hydra.main`.
+
+Hydra reports a mistyped key as "not in struct" and never checks value types, because YAML
+configs are untyped. Checking here first lets every stage stop before any work with a message
+that names the key and the valid options.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.tree import Tree
+
+from tracking.errors import WorkbenchError
+from tracking.mlflow_run import REPO_ROOT
+
+CONFIG_DIR = REPO_ROOT / "configs"
+HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
+console = Console()
+errors = Console(stderr=True)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("repo_root"):
+        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+
+
+def _value_overrides(argv: list[str]) -> list[str]:
+    """The `key=value` arguments, without Hydra's own flags."""
+    overrides, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in HYDRA_FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return overrides
+
+
+def _is_group(key: str) -> bool:
+    return (CONFIG_DIR / key.lstrip("+~").replace(".", "/")).is_dir()
+
+
+def _explain_missing_key(error: Exception, base: DictConfig) -> str:
+    text = str(error)
+    marker = "Could not override '"
+    key = text.split(marker, 1)[1].split("'", 1)[0] if marker in text else None
+    if key is None:
+        return text
+    parent_path, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(base, parent_path) if parent_path else base
+    options = sorted(str(k) for k in parent.keys()) if isinstance(parent, DictConfig) else []
+    close = difflib.get_close_matches(leaf, options, n=1)
+    hint = f" Did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
+    return (
+        f"Unknown config key '{key}'.{hint} Valid keys under '{parent_path or '<root>'}': {', '.join(options)}. "
+        f"To add a new key on purpose, write +{key}=..."
+    )
+
+
+def _check_types(base: DictConfig, overrides: list[str]) -> None:
+    """Reject a value whose type cannot be what the default's type is (YAML carries no schema)."""
+    parser = OverridesParser.create()
+    for override in parser.parse_overrides([o for o in overrides if not _is_group(o.split("=", 1)[0])]):
+        if override.is_sweep_override() or override.is_delete():
+            continue
+        key = override.key_or_group
+        default = OmegaConf.select(base, key, throw_on_missing=False)
+        value = override.value()
+        if default is None or value is None or isinstance(default, DictConfig | list) or OmegaConf.is_list(default):
+            continue
+        expected: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
+        if isinstance(value, bool) and not isinstance(default, bool) or not isinstance(value, expected):
+            raise WorkbenchError(
+                f"Config key '{key}' expects {type(default).__name__} (default {default!r}), "
+                f"got {override.input_line!r}."
+            )
+
+
+def _check_writable(cfg: DictConfig) -> None:
+    for key in ("paths.log_dir", "paths.cache_dir"):
+        folder = Path(OmegaConf.select(cfg, key))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise WorkbenchError(
+                f"Output folder {key}={folder} is not writable ({error.strerror or error}). "
+                f"Choose another with {key}=/a/writable/folder."
+            ) from error
+
+
+def validate(config_name: str, argv: list[str]) -> DictConfig:
+    """Compose the config as the stage will, and turn each kind of mistake into a plain message."""
+    overrides = _value_overrides(argv)
+    plain = [o for o in overrides if not OverridesParser.create().parse_override(o).is_sweep_override()]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        groups_only = [o for o in plain if _is_group(o.split("=", 1)[0])]
+        base = compose(config_name, overrides=groups_only)
+        try:
+            cfg = compose(config_name, overrides=plain, return_hydra_config=True)
+        except (ConfigCompositionException, MissingConfigException) as error:
+            message = str(error)
+            if "not in struct" in str(error.__cause__ or "") or "Could not override" in message:
+                message = _explain_missing_key(error, base)
+            raise WorkbenchError(message) from error
+    GlobalHydra.instance().clear()
+    _check_types(base, plain)
+    _check_writable(cfg)
+    return cfg
+
+
+def run_stage(config_name: str, task: Callable[[DictConfig], Any]) -> None:
+    """Validate `sys.argv`, then run `task` as a Hydra app; user errors exit 2 without a trace."""
+    register_resolvers()
+    try:
+        validate(config_name, sys.argv[1:])
+    except (WorkbenchError, OverrideParseException) as error:
+        errors.print(f"[bold red]Configuration error:[/] {error}")
+        sys.exit(2)
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def app(cfg: DictConfig) -> Any:
+        print_config_tree(cfg)
+        try:
+            return task(cfg)
+        except WorkbenchError as error:
+            errors.print(f"[bold red]Error:[/] {error}")
+            sys.exit(2)
+
+    app()
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    tree = Tree("[bold]config", guide_style="dim")
+    for key, value in cfg.items():
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(f"[bold]{key}").add(Syntax(text, "yaml"))
+    console.print(tree)
+
+
+def show_metrics(metrics: dict[str, float], title: str, notes: dict[str, str]) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        table.add_row(name, f"{metrics[name]:.4f}")
+    console.print(table)
+    for label, value in notes.items():
+        console.print(f"[bold]{label}:[/] {value}")

@@ -1,0 +1,142 @@
+"""Train one model and record it in MLflow: `childsafe train experiment=age_synthetic`.
+
+Plain on purpose (torchvision-references style): build data, model, callbacks, logger and trainer
+from the config, fit, test the best checkpoint, and log what a reviewer needs to trust the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import yaml
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from scripts.hydra_app import run_stage, show_metrics
+from tracking.errors import WorkbenchError
+from tracking.mlflow_run import (
+    check_tracking_uri,
+    default_artifact_root,
+    default_tracking_uri,
+    flatten,
+    log_dataset_inputs,
+    origin_tags,
+)
+
+RUN_RECORD = "mlflow_run.json"
+DATA_CONTEXTS = {"train": "training", "val": "validation", "calib": "calibration", "test": "testing"}
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    checkpoint: Path
+    mlflow_run_id: str | None
+
+
+def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
+    """`ckpt_path=last` means the newest `last.ckpt` of this task; the run record next to it names its MLflow run."""
+    if cfg.ckpt_path is None:
+        return None
+    if cfg.ckpt_path == "last":
+        runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise WorkbenchError(
+                f"ckpt_path=last: no checkpoint of task '{cfg.task_name}' under {runs}. "
+                "Start a fresh run (ckpt_path=null) or give a checkpoint path."
+            )
+        checkpoint = candidates[-1]
+    else:
+        checkpoint = Path(cfg.ckpt_path)
+        if not checkpoint.is_file():
+            raise WorkbenchError(f"ckpt_path={checkpoint} does not exist. Give a .ckpt file, `last`, or null.")
+    record = checkpoint.parent.parent / RUN_RECORD
+    run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
+    return ResumePoint(checkpoint, run_id)
+
+
+def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | None:
+    if "mlflow" not in (cfg.get("logger") or {}):
+        return None
+    uri = default_tracking_uri()
+    check_tracking_uri(uri)
+    experiment = cfg.logger.mlflow.experiment_name
+    root = default_artifact_root(uri)
+    return instantiate(
+        cfg.logger.mlflow,
+        tracking_uri=uri,
+        artifact_location=f"{root}/{experiment}" if root else None,
+        run_id=resume.mlflow_run_id if resume else None,
+        tags=origin_tags() | {"task": cfg.task_name, "stage": "train"},
+    )
+
+
+def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir: Path) -> None:
+    """Config, params, data lineage, the data's own floor and a preview: logged before any training."""
+    client, run_id = logger.experiment, logger.run_id
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    config_file = output_dir / "config_resolved.yaml"
+    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    client.log_artifact(run_id, str(config_file), "config")
+    logger.log_hyperparams(flatten(resolved))
+    cached = datamodule.load()
+    client.set_tag(run_id, "data.digest", cached.digest)
+    client.set_tag(run_id, "data.licence", datamodule.generator.licence)
+    client.set_tag(run_id, "data.name", datamodule.generator.name)
+    log_dataset_inputs(
+        client, run_id, cached.manifest, cached.manifest_path, datamodule.generator.name, cached.digest,
+        datamodule.target, DATA_CONTEXTS,
+    )
+    logger.log_metrics(datamodule.data_metrics())
+    client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    resume = find_resume_point(cfg)
+    logger = build_logger(cfg, resume)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(cfg.model)
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
+
+    if logger is not None:
+        (output_dir / RUN_RECORD).write_text(json.dumps({"run_id": logger.run_id, "tracking_uri": default_tracking_uri()}))
+        if resume is None:
+            record_origin(logger, cfg, datamodule, output_dir)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if cfg.test:
+        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+        metrics |= datamodule.baseline_metrics("test")
+    metrics |= datamodule.data_metrics()
+
+    best = trainer.checkpoint_callback.best_model_path
+    if logger is not None:
+        logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "data/"))})
+        if best:
+            logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
+        logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    show_metrics(metrics, title=f"{cfg.task_name}: results", notes={
+        "output folder": str(output_dir),
+        "best checkpoint": best or "-",
+        "mlflow run": logger.run_id if logger else "not tracked (logger=none)",
+    })
+    return metrics
+
+
+def main() -> None:
+    run_stage("train", train)
+
+
+if __name__ == "__main__":
+    main()

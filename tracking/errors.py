@@ -1,0 +1,5 @@
+"""The one exception type whose message is meant for the person at the keyboard."""
+
+
+class WorkbenchError(Exception):
+    """A problem the user can fix; the message says what and how. Entry points print it without a trace."""

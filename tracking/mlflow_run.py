@@ -1,0 +1,113 @@
+"""MLflow glue shared by every stage: where runs go, what each run records about its origin."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tracking.errors import WorkbenchError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRACKED_PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "hydra-core", "onnx", "onnxruntime")
+
+
+def default_tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under the repo's `mlruns/`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def default_artifact_root(tracking_uri: str) -> str | None:
+    """Artefacts of a local SQLite store live beside it; a server decides its own artefact root."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail before any training if runs could not be recorded."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise WorkbenchError(
+                f"The MLflow tracking server at {uri} is not reachable ({error}). Start it "
+                "(`make mlflow-server`), fix MLFLOW_TRACKING_URI, or unset it to use the local SQLite store."
+            ) from error
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise WorkbenchError(
+                f"The MLflow SQLite store {uri} cannot be written: folder {folder} is not writable ({error}). "
+                "Point MLFLOW_TRACKING_URI at a writable location."
+            ) from error
+    elif "://" not in uri and not uri.startswith("file:"):
+        raise WorkbenchError(
+            f"MLFLOW_TRACKING_URI={uri!r} is not a tracking URI. Use sqlite:///path/to/mlflow.db or http://host:port."
+        )
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain"))).lower()}
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[f"versions.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[f"versions.{name}"] = "absent"
+    return versions
+
+
+def origin_tags() -> dict[str, str]:
+    """Tags every run carries: the code it ran and the packages it ran with."""
+    return git_state() | package_versions()
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
+    return flat
+
+
+def log_dataset_inputs(client, run_id: str, manifest: pd.DataFrame, source: Path, name: str, digest: str,
+                       target: str, contexts: dict[str, str]) -> None:
+    """Record each split as an `mlflow.data` input so a run names the exact data it saw."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, context in contexts.items():
+        rows = manifest[manifest["split"] == split]
+        dataset = mlflow.data.from_pandas(
+            rows, source=str(source), targets=target, name=f"{name}:{split}", digest=digest[:32]
+        )
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    client.log_inputs(run_id, datasets=inputs)
