@@ -45,6 +45,7 @@ class CachedDataset:
 def cache_key(generator, split_fractions: dict[str, float], split_seed: int) -> str:
     payload = {
         "generator": type(generator).__name__,
+        "renderer_version": generator.renderer_version,
         "config": dataclasses.asdict(generator),
         "splits": dict(split_fractions),
         "split_seed": split_seed,
@@ -69,6 +70,7 @@ def materialise(
     size = generator.image_size
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".rendering-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
     try:
         images = np.lib.format.open_memmap(
             staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)

@@ -1,0 +1,52 @@
+"""Shared fixtures: every test gets its own MLflow store, output and cache folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from scripts.hydra_app import CONFIG_DIR, register_resolvers
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Smoke datasets are rendered once per test session, as a real cache would be reused."""
+    return tmp_path_factory.mktemp("dataset-cache")
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path, shared_cache: Path):
+    """Compose `train.yaml` as the CLI would, with folders redirected into tmp_path."""
+    register_resolvers()
+
+    def _compose(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}", *overrides],
+                return_hydra_config=True,
+            )
+        HydraConfig().set_config(cfg)
+        runs = tmp_path / "outputs" / cfg.task_name / "runs"
+        output_dir = runs / f"run-{len(list(runs.glob('run-*'))):02d}"
+        output_dir.mkdir(parents=True)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            del cfg.hydra
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,118 @@
+"""Smoke training of both experiments, asserting on what lands in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from scripts.train import RUN_RECORD, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _only_run(uri: str):
+    client = MlflowClient(uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs(e.experiment_id)]
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared_cache):
+    command = [
+        sys.executable, "-m", "scripts.cli", "train", "experiment=age_synthetic", "debug=smoke",
+        f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}",
+    ]
+    started = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"COLUMNS": "120"})
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert elapsed < 60, f"smoke training took {elapsed:.0f}s"
+
+    client, run = _only_run(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.head.kind"] == "dldl"
+    assert run.data.params["trainer.max_epochs"] == "1"
+    for key in ("test/age/mae", "test/age/baseline_mae", "data/age/bayes_mae", "val/age/mae",
+                "val/age/gate13/auroc", "val/age/gate16/auroc", "val/age/gate18/auroc"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["data/age/bayes_mae"] >= 1.0
+    assert len(run.data.tags["git.commit"]) in (40, 7) and run.data.tags["git.dirty"] in ("true", "false")
+    assert run.data.tags["versions.torch"].startswith("2.")
+    assert len(run.data.tags["data.digest"]) == 64
+    artifacts = _artifacts(client, run.info.run_id)
+    assert "config/config_resolved.yaml" in artifacts
+    assert "data/preview.png" in artifacts
+    assert any(a.startswith("checkpoints/") and a.endswith(".ckpt") for a in artifacts)
+    contexts = {tag.value for i in run.inputs.dataset_inputs for tag in i.tags}
+    assert contexts == {"training", "validation", "calibration", "testing"}
+
+
+def test_content_smoke_trains_in_process(compose_train, tracking_uri):
+    metrics = train(compose_train("experiment=content_synthetic", "debug=smoke"))
+    assert 0.0 <= metrics["test/content/accuracy"] <= 1.0
+    assert metrics["data/content/bayes_accuracy"] == pytest.approx(0.92)
+    client, run = _only_run(tracking_uri)
+    assert run.info.status == "FINISHED"
+    for key in ("test/content/accuracy", "test/content/auroc", "test/content/ece", "test/content/baseline_accuracy"):
+        assert key in run.data.metrics, key
+    assert run.data.params["data.generator.flip_prob"] == "0.08"
+
+
+@pytest.mark.parametrize("head", ["regression", "corn"])
+def test_other_age_heads_train_in_the_smoke_config(compose_train, head):
+    metrics = train(compose_train("experiment=age_synthetic", "debug=smoke", "logger=none", f"model.head.kind={head}"))
+    assert metrics["test/age/mae"] > 0
+
+
+def test_same_config_and_seed_give_identical_test_metrics(compose_train):
+    overrides = ("experiment=content_synthetic", "debug=smoke", "logger=none")
+    first, second = train(compose_train(*overrides)), train(compose_train(*overrides))
+    tested = {k: v for k, v in first.items() if k.startswith("test/")}
+    assert tested and tested == {k: second[k] for k in tested}
+
+
+def test_ckpt_path_last_resumes_in_the_same_mlflow_run(compose_train, tracking_uri):
+    train(compose_train("experiment=age_synthetic", "debug=smoke", "test=false"))
+    client, first = _only_run(tracking_uri)
+    resumed = compose_train("experiment=age_synthetic", "debug=smoke", "ckpt_path=last", "trainer.max_epochs=2")
+    train(resumed)
+    client, run = _only_run(tracking_uri)
+    assert run.info.run_id == first.info.run_id
+    assert run.info.status == "FINISHED"
+    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch")]
+    assert max(epochs) == 1  # the second epoch was trained after resuming
+    record = json.loads((Path(resumed.paths.output_dir) / RUN_RECORD).read_text())
+    assert record["run_id"] == run.info.run_id
+
+
+def test_help_is_fast_and_imports_no_torch():
+    probe = "import sys, scripts.cli as c; c.main(['--help']); assert 'torch' not in sys.modules, 'torch imported'"
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout
+    assert time.monotonic() - started < 5
+
+
+def test_cli_config_error_exits_2_with_a_readable_message(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "scripts.cli", "train", "model.backbone.nmae=resnet18", f"paths.log_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert "model.backbone.nmae" in done.stderr and "Did you mean model.backbone.name?" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,71 @@
+"""Every kind of bad input stops before any work, with a message that names what to fix."""
+
+import socket
+
+import pytest
+
+from scripts.hydra_app import register_resolvers, validate
+from tracking.errors import WorkbenchError
+from tracking.mlflow_run import check_tracking_uri
+
+
+@pytest.fixture(autouse=True)
+def _resolvers():
+    register_resolvers()
+
+
+def _folders(tmp_path):
+    return [f"paths.log_dir={tmp_path / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.mark.parametrize("experiment", ["age_synthetic", "content_synthetic"])
+def test_experiments_compose_with_the_smoke_debug(tmp_path, experiment):
+    cfg = validate("train", [f"experiment={experiment}", "debug=smoke", *_folders(tmp_path)])
+    assert cfg.trainer.max_epochs == 1
+    assert cfg.data.generator.num_subjects == 150
+
+
+def test_typo_in_a_key_names_the_key_and_the_valid_keys(tmp_path):
+    with pytest.raises(WorkbenchError) as error:
+        validate("train", ["trainer.max_epochz=3", *_folders(tmp_path)])
+    message = str(error.value)
+    assert "trainer.max_epochz" in message
+    assert "Did you mean trainer.max_epochs?" in message
+    assert "min_epochs" in message  # the valid keys are listed
+
+
+def test_unknown_group_option_lists_the_available_options(tmp_path):
+    with pytest.raises(WorkbenchError) as error:
+        validate("train", ["experiment=age_synthetc", *_folders(tmp_path)])
+    assert "age_synthetc" in str(error.value)
+    assert "age_synthetic" in str(error.value) and "content_synthetic" in str(error.value)
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    with pytest.raises(WorkbenchError, match=r"trainer\.max_epochs' expects int"):
+        validate("train", ["trainer.max_epochs=three", *_folders(tmp_path)])
+    with pytest.raises(WorkbenchError, match=r"model\.optimizer\.lr' expects float"):
+        validate("train", ["model.optimizer.lr=fast", *_folders(tmp_path)])
+    validate("train", ["model.optimizer.lr=1", *_folders(tmp_path)])  # an int is a fine float
+
+
+def test_unwritable_output_folder_is_named(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WorkbenchError, match=r"paths\.log_dir=.*a-file/out is not writable"):
+        validate("train", [f"paths.log_dir={blocker / 'out'}", f"paths.cache_dir={tmp_path / 'cache'}"])
+
+
+def test_unreachable_tracking_server_is_detected_up_front():
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(WorkbenchError, match=rf"http://127.0.0.1:{port} is not reachable"):
+        check_tracking_uri(f"http://127.0.0.1:{port}", timeout_s=2)
+
+
+def test_unwritable_sqlite_store_is_detected_up_front(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(WorkbenchError, match="cannot be written"):
+        check_tracking_uri(f"sqlite:///{blocker / 'mlflow.db'}")

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+import datamodules.cache as cache
+from datamodules.manifest import SPLITS, assign_subject_splits, manifest_digest
+from datamodules.synthetic.faces import SyntheticFaces
+
+FRACTIONS = {"train": 0.7, "val": 0.1, "calib": 0.1, "test": 0.1}
+
+
+def test_splits_are_disjoint_by_subject_and_follow_the_fractions():
+    manifest = assign_subject_splits(SyntheticFaces(num_subjects=1000).manifest(), FRACTIONS, seed=0)
+    splits_per_subject = manifest.groupby("subject_id")["split"].nunique()
+    assert splits_per_subject.max() == 1
+    assert set(manifest["split"]) == set(SPLITS)
+    shares = manifest.drop_duplicates("subject_id")["split"].value_counts(normalize=True)
+    for split, fraction in FRACTIONS.items():
+        assert shares[split] == pytest.approx(fraction, abs=0.01)
+
+
+def test_bad_split_fractions_are_named():
+    with pytest.raises(ValueError, match="data.split_fractions"):
+        assign_subject_splits(SyntheticFaces(num_subjects=10).manifest(), {"train": 0.5, "holdout": 0.5}, 0)
+
+
+def test_digest_changes_when_a_label_changes():
+    manifest = assign_subject_splits(SyntheticFaces(num_subjects=20).manifest(), FRACTIONS, seed=0)
+    changed = manifest.copy()
+    changed.loc[0, "age"] += 1.0
+    assert manifest_digest(manifest) == manifest_digest(manifest.copy())
+    assert manifest_digest(manifest) != manifest_digest(changed)
+
+
+def test_cache_renders_once_and_is_reused(tmp_path, monkeypatch):
+    generator = SyntheticFaces(num_subjects=12, images_per_subject=2)
+    first = cache.materialise(generator, tmp_path, FRACTIONS, split_seed=0)
+    assert first.images.shape == (24, 64, 64, 3)
+    assert first.manifest["sha256"].str.len().eq(64).all()
+    assert set(first.manifest.columns) >= {"id", "subject_id", "age", "split", "sha256", "licence"}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the cache should have been reused, not re-rendered")
+
+    monkeypatch.setattr(cache, "_render_chunk", refuse)
+    second = cache.materialise(generator, tmp_path, FRACTIONS, split_seed=0)
+    assert second.directory == first.directory and second.digest == first.digest
+    assert np.array_equal(np.asarray(second.images), np.asarray(first.images))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rendering")] == []
