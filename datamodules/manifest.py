@@ -18,9 +18,7 @@ def assign_subject_splits(manifest: pd.DataFrame, fractions: dict[str, float], s
     """Split by subject so no subject's images straddle two splits (identity leakage)."""
     unknown = set(fractions) - set(SPLITS)
     if unknown or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(
-            f"data.split_fractions must name only {SPLITS} and sum to 1; got {dict(fractions)}."
-        )
+        raise ValueError(f"data.split_fractions must name only {SPLITS} and sum to 1; got {dict(fractions)}.")
     subjects = manifest["subject_id"].unique()
     order = np.random.default_rng([seed, 7]).permutation(len(subjects))
     bounds = np.round(np.cumsum([fractions.get(s, 0.0) for s in SPLITS]) * len(subjects)).astype(int)

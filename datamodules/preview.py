@@ -17,8 +17,9 @@ def _caption(row: pd.Series, columns: tuple[str, ...]) -> str:
     return " ".join(values)
 
 
-def save_preview(images: np.ndarray, manifest: pd.DataFrame, columns: tuple[str, ...], path: Path,
-                 count: int = 32, per_row: int = 8) -> Path:
+def save_preview(
+    images: np.ndarray, manifest: pd.DataFrame, columns: tuple[str, ...], path: Path, count: int = 32, per_row: int = 8
+) -> Path:
     """Write the first `count` rows of `manifest` as tiles captioned with `columns`."""
     rows = manifest.head(count)
     n_rows = -(-len(rows) // per_row)

@@ -45,7 +45,11 @@ class AgeModule(WorkbenchModule):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = self.head(self.features(images))
-        return {"raw": raw, "expected_age": self.head.expected_age(raw), "prob_below": self.head.prob_below(raw, self.gates)}
+        return {
+            "raw": raw,
+            "expected_age": self.head.expected_age(raw),
+            "prob_below": self.head.prob_below(raw, self.gates),
+        }
 
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         age = batch["target"]

@@ -11,8 +11,13 @@ from torch import nn
 from tracking.errors import WorkbenchError
 
 TORCHVISION_BACKBONES = (
-    "resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
-    "efficientnet_b0", "convnext_tiny",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "convnext_tiny",
 )
 BACKBONES = ("small_cnn", *TORCHVISION_BACKBONES)
 
@@ -28,8 +33,11 @@ class SmallCNN(nn.Module):
         super().__init__()
         layers, channels = [], 3
         for stage, width in enumerate(widths):
-            layers += [nn.Conv2d(channels, width, 3, stride=2 if stage == 0 else 1, padding=1, bias=False),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, 3, stride=2 if stage == 0 else 1, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             if stage > 0:
                 layers.append(nn.MaxPool2d(2))
             channels = width

@@ -46,8 +46,9 @@ class WorkbenchModule(L.LightningModule):
         config = self.optimizer_config
         optimizer = torch.optim.AdamW(self.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config["lr"], total_steps=self.trainer.estimated_stepping_batches,
+            optimizer,
+            max_lr=config["lr"],
+            total_steps=self.trainer.estimated_stepping_batches,
             pct_start=config.get("warmup_fraction", 0.15),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-

@@ -30,7 +30,7 @@ from tracking.mlflow_run import REPO_ROOT
 CONFIG_DIR = REPO_ROOT / "configs"
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def register_resolvers() -> None:
@@ -63,7 +63,7 @@ def _explain_missing_key(error: Exception, base: DictConfig) -> str:
         return text
     parent_path, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(base, parent_path) if parent_path else base
-    options = sorted(str(k) for k in parent.keys()) if isinstance(parent, DictConfig) else []
+    options = sorted(str(k) for k in parent) if isinstance(parent, DictConfig) else []
     close = difflib.get_close_matches(leaf, options, n=1)
     hint = f" Did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
     return (
@@ -84,7 +84,7 @@ def _check_types(base: DictConfig, overrides: list[str]) -> None:
         if default is None or value is None or isinstance(default, DictConfig | list) or OmegaConf.is_list(default):
             continue
         expected: tuple[type, ...] = (int, float) if isinstance(default, float) else (type(default),)
-        if isinstance(value, bool) and not isinstance(default, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) and not isinstance(default, bool)) or not isinstance(value, expected):
             raise WorkbenchError(
                 f"Config key '{key}' expects {type(default).__name__} (default {default!r}), "
                 f"got {override.input_line!r}."
@@ -113,8 +113,8 @@ def validate(config_name: str, argv: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         groups_only = [o for o in plain if _is_group(o.split("=", 1)[0])]
-        base = compose(config_name, overrides=groups_only)
         try:
+            base = compose(config_name, overrides=groups_only)
             cfg = compose(config_name, overrides=plain, return_hydra_config=True)
         except (ConfigCompositionException, MissingConfigException) as error:
             message = str(error)

@@ -88,8 +88,14 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     client.set_tag(run_id, "data.licence", datamodule.generator.licence)
     client.set_tag(run_id, "data.name", datamodule.generator.name)
     log_dataset_inputs(
-        client, run_id, cached.manifest, cached.manifest_path, datamodule.generator.name, cached.digest,
-        datamodule.target, DATA_CONTEXTS,
+        client,
+        run_id,
+        cached.manifest,
+        cached.manifest_path,
+        datamodule.generator.name,
+        cached.digest,
+        datamodule.target,
+        DATA_CONTEXTS,
     )
     logger.log_metrics(datamodule.data_metrics())
     client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
@@ -104,11 +110,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
-    callbacks = [instantiate(callback) for callback in cfg.callbacks.values()]
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
 
     if logger is not None:
-        (output_dir / RUN_RECORD).write_text(json.dumps({"run_id": logger.run_id, "tracking_uri": default_tracking_uri()}))
+        (output_dir / RUN_RECORD).write_text(
+            json.dumps({"run_id": logger.run_id, "tracking_uri": default_tracking_uri()})
+        )
         if resume is None:
             record_origin(logger, cfg, datamodule, output_dir)
 
@@ -126,11 +134,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
         logger.experiment.set_terminated(logger.run_id, "FINISHED")
-    show_metrics(metrics, title=f"{cfg.task_name}: results", notes={
-        "output folder": str(output_dir),
-        "best checkpoint": best or "-",
-        "mlflow run": logger.run_id if logger else "not tracked (logger=none)",
-    })
+    show_metrics(
+        metrics,
+        title=f"{cfg.task_name}: results",
+        notes={
+            "output folder": str(output_dir),
+            "best checkpoint": best or "-",
+            "mlflow run": logger.run_id if logger else "not tracked (logger=none)",
+        },
+    )
     return metrics
 
 

@@ -96,8 +96,16 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def log_dataset_inputs(client, run_id: str, manifest: pd.DataFrame, source: Path, name: str, digest: str,
-                       target: str, contexts: dict[str, str]) -> None:
+def log_dataset_inputs(
+    client,
+    run_id: str,
+    manifest: pd.DataFrame,
+    source: Path,
+    name: str,
+    digest: str,
+    target: str,
+    contexts: dict[str, str],
+) -> None:
     """Record each split as an `mlflow.data` input so a run names the exact data it saw."""
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag

@@ -54,7 +54,11 @@ def _triangles(grid: Grid, rng: np.random.Generator) -> np.ndarray:
 
 
 MOTIFS: tuple[Callable[[Grid, np.random.Generator], np.ndarray], ...] = (
-    _stripes, _dots, _rings, _checker, _triangles,
+    _stripes,
+    _dots,
+    _rings,
+    _checker,
+    _triangles,
 )
 
 

@@ -22,13 +22,24 @@ from scipy.stats import norm
 from datamodules.synthetic.canvas import CameraNuisance, Grid, ellipse, paint, soft_step
 
 # Approximate sRGB swatches of the 10-point Monk Skin Tone scale (Google, 2022).
-MONK_SCALE_RGB = np.array(
-    [
-        [246, 237, 228], [243, 231, 219], [247, 234, 208], [234, 218, 186], [215, 189, 150],
-        [160, 126, 86], [130, 92, 67], [96, 65, 52], [58, 49, 42], [41, 36, 32],
-    ],
-    dtype=np.float64,
-) / 255.0
+MONK_SCALE_RGB = (
+    np.array(
+        [
+            [246, 237, 228],
+            [243, 231, 219],
+            [247, 234, 208],
+            [234, 218, 186],
+            [215, 189, 150],
+            [160, 126, 86],
+            [130, 92, 67],
+            [96, 65, 52],
+            [58, 49, 42],
+            [41, 36, 32],
+        ],
+        dtype=np.float64,
+    )
+    / 255.0
+)
 HAIR_RGB = np.array([[0.08, 0.06, 0.05], [0.30, 0.18, 0.10], [0.75, 0.60, 0.35], [0.55, 0.22, 0.10]])
 GREY_HAIR = np.array([0.85, 0.85, 0.85])
 MAX_APPARENT_AGE = 95.0

@@ -33,8 +33,14 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
 
 def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared_cache):
     command = [
-        sys.executable, "-m", "scripts.cli", "train", "experiment=age_synthetic", "debug=smoke",
-        f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}",
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        "experiment=age_synthetic",
+        "debug=smoke",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.cache_dir={shared_cache}",
     ]
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"COLUMNS": "120"})
@@ -46,8 +52,15 @@ def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared
     assert run.info.status == "FINISHED"
     assert run.data.params["model.head.kind"] == "dldl"
     assert run.data.params["trainer.max_epochs"] == "1"
-    for key in ("test/age/mae", "test/age/baseline_mae", "data/age/bayes_mae", "val/age/mae",
-                "val/age/gate13/auroc", "val/age/gate16/auroc", "val/age/gate18/auroc"):
+    for key in (
+        "test/age/mae",
+        "test/age/baseline_mae",
+        "data/age/bayes_mae",
+        "val/age/mae",
+        "val/age/gate13/auroc",
+        "val/age/gate16/auroc",
+        "val/age/gate18/auroc",
+    ):
         assert key in run.data.metrics, key
     assert run.data.metrics["data/age/bayes_mae"] >= 1.0
     assert len(run.data.tags["git.commit"]) in (40, 7) and run.data.tags["git.dirty"] in ("true", "false")
@@ -65,7 +78,7 @@ def test_content_smoke_trains_in_process(compose_train, tracking_uri):
     metrics = train(compose_train("experiment=content_synthetic", "debug=smoke"))
     assert 0.0 <= metrics["test/content/accuracy"] <= 1.0
     assert metrics["data/content/bayes_accuracy"] == pytest.approx(0.92)
-    client, run = _only_run(tracking_uri)
+    _, run = _only_run(tracking_uri)
     assert run.info.status == "FINISHED"
     for key in ("test/content/accuracy", "test/content/auroc", "test/content/ece", "test/content/baseline_accuracy"):
         assert key in run.data.metrics, key
@@ -86,15 +99,21 @@ def test_same_config_and_seed_give_identical_test_metrics(compose_train):
 
 
 def test_ckpt_path_last_resumes_in_the_same_mlflow_run(compose_train, tracking_uri):
-    train(compose_train("experiment=age_synthetic", "debug=smoke", "test=false"))
-    client, first = _only_run(tracking_uri)
-    resumed = compose_train("experiment=age_synthetic", "debug=smoke", "ckpt_path=last", "trainer.max_epochs=2")
+    overrides = ("experiment=age_synthetic", "debug=smoke", "trainer.max_epochs=2")
+    crashing = compose_train(*overrides, "+callbacks.crash._target_=helpers.CrashAtEpoch", "+callbacks.crash.epoch=1")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashing)
+    client, interrupted = _only_run(tracking_uri)
+    assert interrupted.info.status == "FAILED"
+
+    resumed = compose_train(*overrides, "ckpt_path=last")
     train(resumed)
     client, run = _only_run(tracking_uri)
-    assert run.info.run_id == first.info.run_id
+    assert run.info.run_id == interrupted.info.run_id
     assert run.info.status == "FINISHED"
-    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "epoch")]
-    assert max(epochs) == 1  # the second epoch was trained after resuming
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/age/mae")]
+    assert len(val_steps) == 2 and val_steps[1] > val_steps[0]  # epoch 0 before the crash, epoch 1 after
+    assert "test/age/mae" in run.data.metrics
     record = json.loads((Path(resumed.paths.output_dir) / RUN_RECORD).read_text())
     assert record["run_id"] == run.info.run_id
 
@@ -111,7 +130,9 @@ def test_help_is_fast_and_imports_no_torch():
 def test_cli_config_error_exits_2_with_a_readable_message(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "scripts.cli", "train", "model.backbone.nmae=resnet18", f"paths.log_dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     assert "model.backbone.nmae" in done.stderr and "Did you mean model.backbone.name?" in done.stderr

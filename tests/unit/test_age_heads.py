@@ -29,7 +29,7 @@ def test_each_head_learns_a_clean_mapping(kind):
     age = (40 + 15 * features[:, 0]).clamp(1, 90)
     head = build_age_head(kind, in_features=8, max_age=100)
     optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
-    for _ in range(300):
+    for _ in range(1000):
         optimizer.zero_grad()
         head.loss(head(features), age).backward()
         optimizer.step()

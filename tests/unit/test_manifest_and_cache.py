@@ -19,7 +19,7 @@ def test_splits_are_disjoint_by_subject_and_follow_the_fractions():
 
 
 def test_bad_split_fractions_are_named():
-    with pytest.raises(ValueError, match="data.split_fractions"):
+    with pytest.raises(ValueError, match=r"data\.split_fractions"):
         assign_subject_splits(SyntheticFaces(num_subjects=10).manifest(), {"train": 0.5, "holdout": 0.5}, 0)
 
 

@@ -8,7 +8,9 @@ from datamodules.synthetic.content import SyntheticContent
 def test_content_rendering_is_deterministic():
     generator = SyntheticContent(num_subjects=3, images_per_subject=2)
     row = generator.manifest().iloc[4]
-    assert np.array_equal(generator.render(row, 4), SyntheticContent(num_subjects=3, images_per_subject=2).render(row, 4))
+    assert np.array_equal(
+        generator.render(row, 4), SyntheticContent(num_subjects=3, images_per_subject=2).render(row, 4)
+    )
 
 
 def test_label_flip_rate_matches_the_stated_noise():
