@@ -7,6 +7,7 @@ from the config, fit, test the best checkpoint, and log what a reviewer needs to
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +121,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if resume is None:
             record_origin(logger, cfg, datamodule, output_dir)
 
+    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started
     if cfg.test:
         trainer.test(model, datamodule=datamodule, ckpt_path="best")
         metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -130,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     best = trainer.checkpoint_callback.best_model_path
     if logger is not None:
-        logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "data/"))})
+        logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "data/", "train/"))})
         if best:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
         logger.experiment.set_terminated(logger.run_id, "FINISHED")

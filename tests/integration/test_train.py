@@ -58,6 +58,7 @@ def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared
         "data/age/bayes_mae",
         "val/age/mae",
         "val/age/gate13/auroc",
+        "train/age/fit_seconds",
         "val/age/gate16/auroc",
         "val/age/gate18/auroc",
     ):
