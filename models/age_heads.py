@@ -27,6 +27,18 @@ class AgeHead(nn.Module):
         """(B, len(thresholds)) probabilities that the true age is below each threshold."""
         raise NotImplementedError
 
+    def spread(self, raw: torch.Tensor) -> torch.Tensor:
+        """Standard deviation of the predicted age distribution (normalises conformal scores)."""
+        raise NotImplementedError
+
+    def log_likelihood(self, raw: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        """Log density of the true age, per sample: what temperature calibration maximises."""
+        raise NotImplementedError
+
+    def temper(self, raw: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+        """The same prediction with its distribution widened (T > 1) or sharpened (T < 1)."""
+        raise NotImplementedError
+
 
 class RegressionHead(AgeHead):
     def __init__(self, in_features: int, max_age: float = 100.0):
@@ -48,8 +60,18 @@ class RegressionHead(AgeHead):
         return raw[:, 0]
 
     def prob_below(self, raw: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-        normal = torch.distributions.Normal(raw[:, :1], (0.5 * raw[:, 1:]).exp())
+        normal = torch.distributions.Normal(raw[:, :1], self.spread(raw)[:, None])
         return normal.cdf(thresholds.to(raw)[None, :])
+
+    def spread(self, raw: torch.Tensor) -> torch.Tensor:
+        return (0.5 * raw[:, 1]).exp()
+
+    def log_likelihood(self, raw: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        return torch.distributions.Normal(raw[:, 0], self.spread(raw)).log_prob(age)
+
+    def temper(self, raw: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+        log_t = torch.log(torch.as_tensor(temperature, dtype=raw.dtype))
+        return torch.stack([raw[:, 0], raw[:, 1] + 2 * log_t], dim=1)
 
 
 class BinnedAgeHead(AgeHead):
@@ -69,6 +91,18 @@ class BinnedAgeHead(AgeHead):
         # Share of each bin below T, with age uniform inside its bin.
         below = (thresholds.to(raw)[:, None] - self.bins[None, :]).clamp(0.0, 1.0)
         return (self.bin_probs(raw) @ below.T).clamp(0.0, 1.0)
+
+    def spread(self, raw: torch.Tensor) -> torch.Tensor:
+        probs, centres = self.bin_probs(raw), self.bins + 0.5
+        mean = (probs * centres).sum(dim=1, keepdim=True)
+        return ((probs * (centres - mean) ** 2).sum(dim=1) + 1 / 12).sqrt()  # + within-bin uniform variance
+
+    def log_likelihood(self, raw: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        index = age.floor().clamp(0, len(self.bins) - 1).long()
+        return self.bin_probs(raw).gather(1, index[:, None]).squeeze(1).clamp_min(1e-12).log()
+
+    def temper(self, raw: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+        return raw / temperature  # both binned heads emit logits
 
 
 class LabelDistributionHead(BinnedAgeHead):

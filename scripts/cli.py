@@ -11,6 +11,7 @@ import sys
 
 STAGES = {
     "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
+    "calibrate": ("scripts.calibrate", "calibrate a trained run on its calib split, choose certified operating points"),
 }
 
 USAGE = """usage: childsafe <stage> [hydra overrides ...]

@@ -27,8 +27,8 @@ from tracking.mlflow_run import (
     log_dataset_inputs,
     origin_tags,
 )
+from tracking.runs import RUN_RECORD
 
-RUN_RECORD = "mlflow_run.json"
 DATA_CONTEXTS = {"train": "training", "val": "validation", "calib": "calibration", "test": "testing"}
 
 

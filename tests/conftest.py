@@ -13,6 +13,27 @@ from omegaconf import DictConfig, open_dict
 from scripts.hydra_app import CONFIG_DIR, register_resolvers
 
 
+def compose_stage(config_name: str, root: Path, cache: Path, *overrides: str) -> DictConfig:
+    """Compose a stage's config as its CLI would, with every folder redirected under `root`."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name,
+            overrides=[f"paths.log_dir={root / 'outputs'}", f"paths.cache_dir={cache}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    runs = root / "outputs" / cfg.task_name / "runs"
+    output_dir = runs / f"run-{len(list(runs.glob('run-*'))):02d}"
+    output_dir.mkdir(parents=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    GlobalHydra.instance().clear()
+    return cfg
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -28,25 +49,4 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def compose_train(tmp_path: Path, shared_cache: Path):
-    """Compose `train.yaml` as the CLI would, with folders redirected into tmp_path."""
-    register_resolvers()
-
-    def _compose(*overrides: str) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(
-                "train",
-                overrides=[f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}", *overrides],
-                return_hydra_config=True,
-            )
-        HydraConfig().set_config(cfg)
-        runs = tmp_path / "outputs" / cfg.task_name / "runs"
-        output_dir = runs / f"run-{len(list(runs.glob('run-*'))):02d}"
-        output_dir.mkdir(parents=True)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            del cfg.hydra
-        return cfg
-
-    yield _compose
-    GlobalHydra.instance().clear()
+    return lambda *overrides: compose_stage("train", tmp_path, shared_cache, *overrides)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -119,3 +123,46 @@ def log_dataset_inputs(
         )
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
     client.log_inputs(run_id, datasets=inputs)
+
+
+@contextmanager
+def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -> Iterator[tuple[Any, str]]:
+    """An MLflow run for a stage after training, nested under the run it read; FAILED if the stage raises."""
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    uri = default_tracking_uri()
+    check_tracking_uri(uri)
+    client = MlflowClient(uri)
+    if parent_run_id:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    else:
+        name = f"childsafe-{stage}"
+        existing = client.get_experiment_by_name(name)
+        root = default_artifact_root(uri)
+        experiment_id = (
+            existing.experiment_id
+            if existing
+            else client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+        )
+    tags = origin_tags() | {"stage": stage, "task": task, MLFLOW_RUN_NAME: run_name}
+    if parent_run_id:
+        tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "lineage.parent_run_id": parent_run_id}
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    try:
+        yield client, run_id
+    except BaseException as error:
+        client.set_tag(run_id, "failure", f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float]) -> None:
+    """Log finite metrics in one batch; an undefined value (nan) is skipped here and reported by the stage."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, 0) for key, value in metrics.items() if math.isfinite(value)]
+    for start in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[start : start + 1000])

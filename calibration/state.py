@@ -1,0 +1,49 @@
+"""The calibration state: small, JSON-serialisable, and later turned into export-graph buffers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
+from calibration.content import ContentCalibration
+from calibration.operating_points import OperatingPoint
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class CalibrationState:
+    task: str
+    train_run_id: str | None
+    checkpoint: str
+    confidence: float
+    content: ContentCalibration | None = None
+    age: AgeCalibration | None = None
+    operating_points: list[OperatingPoint] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, path: Path) -> Path:
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_json(cls, text: str) -> CalibrationState:
+        data = json.loads(text)
+        if data.get("content"):
+            data["content"] = ContentCalibration(**data["content"])
+        if data.get("age"):
+            age = data["age"]
+            age["gates"] = [GateCalibration(**g) for g in age["gates"]]
+            age["intervals"] = [ConformalIntervals(**i) for i in age["intervals"]]
+            data["age"] = AgeCalibration(**age)
+        data["operating_points"] = [OperatingPoint(**op) for op in data["operating_points"]]
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> CalibrationState:
+        return cls.from_json(path.read_text())

@@ -1,0 +1,75 @@
+"""Calibrate a trained model on its calib split: `childsafe calibrate train_task=age_synthetic`.
+
+Reads the training run (MLflow run id, `latest`, or a checkpoint), fits the calibrators and the
+operating points on the calib split only, measures them on calib and test, and logs the state,
+figures and metrics to an MLflow run nested under the training run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from calibration.fit import calibrate_age, calibrate_content
+from calibration.state import CalibrationState
+from models.predict import predict
+from scripts.hydra_app import run_stage, show_metrics
+from tracking.mlflow_run import log_metrics, stage_run
+from tracking.runs import resolve_trained_run
+
+STATE_FILE = "calibration_state.json"
+
+
+def calibrate(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    trained = resolve_trained_run(cfg.run_id, cfg.checkpoint, output_dir / "source", cfg.expected_task, cfg.train_task)
+    model = trained.load_model()
+    datamodule = trained.datamodule()
+    calib, test = predict(model, datamodule.dataset("calib")), predict(model, datamodule.dataset("test"))
+
+    figures_dir = output_dir / "figures"
+    settings, confidence = cfg.calibration, cfg.calibration.confidence
+    with stage_run("calibrate", trained.run_id, trained.task, f"calibrate-{trained.task}") as (client, run_id):
+        if trained.task == "content":
+            result = calibrate_content(calib, test, list(model.hparams.classes), settings, confidence, figures_dir)
+        else:
+            manifest = datamodule.load().manifest
+            result = calibrate_age(model, calib, test, manifest, settings, confidence, figures_dir)
+        state = CalibrationState(
+            task=trained.task,
+            train_run_id=trained.run_id,
+            checkpoint=str(trained.checkpoint),
+            confidence=confidence,
+            content=result.content,
+            age=result.age,
+            operating_points=result.operating_points,
+        )
+        state_path = state.save(output_dir / STATE_FILE)
+        table = output_dir / "operating_points.json"
+        table.write_text(json.dumps([asdict(p) for p in result.operating_points], indent=2))
+        log_metrics(client, run_id, result.metrics)
+        client.log_artifact(run_id, str(state_path), "calibration")
+        client.log_artifact(run_id, str(table), "calibration")
+        for figure in result.figures:
+            client.log_artifact(run_id, str(figure), "figures")
+    show_metrics(
+        result.metrics,
+        f"calibration of {trained.task}",
+        {
+            "calibration state": str(state_path),
+            "mlflow run": run_id,
+            "trained run": trained.run_id or "-",
+        },
+    )
+    return result.metrics
+
+
+def main() -> None:
+    run_stage("calibrate", calibrate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The calibrate stage on small trained runs, against a temporary MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import compose_stage
+from mlflow import MlflowClient
+
+from calibration.state import CalibrationState
+from scripts.calibrate import STATE_FILE, calibrate
+from scripts.train import train
+from tracking.errors import WorkbenchError
+
+SMALL = ("debug=smoke", "data.generator.num_subjects=600")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_cache):
+    """One small age run and one small content run in a module-wide MLflow store."""
+    root = tmp_path_factory.mktemp("calibrate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for experiment in ("age_synthetic", "content_synthetic"):
+            train(compose_stage("train", root, shared_cache, f"experiment={experiment}", *SMALL))
+        yield root, patch
+
+
+def _calibrate(trained, shared_cache, *overrides):
+    root, _ = trained
+    return compose_stage("calibrate", root, shared_cache, *overrides)
+
+
+def test_age_calibration_logs_a_linked_run_with_state_and_operating_points(trained, shared_cache):
+    root, _ = trained
+    cfg = _calibrate(
+        trained,
+        shared_cache,
+        "train_task=age_synthetic",
+        "calibration.age.max_minor_pass_rate=0.1",
+        "calibration.age.mondrian=true",
+    )
+    metrics = calibrate(cfg)
+    for gate in ("13", "16", "18"):
+        assert 0.0 <= metrics[f"calib/age/gate{gate}/threshold"] <= 1.0
+        assert metrics[f"calib/age/gate{gate}/minor_pass_rate_upper_bound"] <= 0.1
+        assert f"test/age/gate{gate}/adult_false_rejection" in metrics
+    assert 0.0 <= metrics["test/age/interval90/coverage"] <= 1.0
+    state = CalibrationState.load(Path(cfg.paths.output_dir) / STATE_FILE)
+    assert state.task == "age" and state.age.intervals[0].group_by == ["sex", "skin_tone_bin"]
+    assert [p.name for p in state.operating_points] == ["gate13", "gate16", "gate18"]
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'calibrate'")
+    run = next(r for r in runs if r.data.tags["task"] == "age")
+    assert run.info.status == "FINISHED"
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["stage"] == "train" and parent.data.tags["task"] == "age_synthetic"
+    artifacts = {
+        a.path for folder in ("calibration", "figures") for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {"calibration/calibration_state.json", "figures/reliability_age_test.png"} <= artifacts
+    assert "calib/age/gate18/threshold" in run.data.metrics
+
+
+def test_content_calibration_keeps_accuracy_and_certifies_recall(trained, shared_cache):
+    metrics = calibrate(
+        _calibrate(trained, shared_cache, "train_task=content_synthetic", "calibration.content.min_recall=0.9")
+    )
+    assert metrics["test/content/accuracy_after"] == metrics["test/content/accuracy_before"]
+    assert metrics["calib/content/recall_explicit/recall_lower_bound"] >= 0.9
+    assert "test/content/ece" in metrics and "calib/content/ece_before" in metrics
+
+
+def test_too_small_calib_split_is_refused_with_the_size_needed(trained, shared_cache):
+    with pytest.raises(WorkbenchError, match=r"too few to certify.*at least 299"):
+        calibrate(_calibrate(trained, shared_cache, "train_task=age_synthetic"))
+
+
+def test_unknown_run_id_is_named(trained, shared_cache):
+    with pytest.raises(WorkbenchError, match=r"run_id=0123456789abcdef: no such MLflow run"):
+        calibrate(_calibrate(trained, shared_cache, "run_id=0123456789abcdef"))
+
+
+def test_checkpoint_of_the_wrong_task_is_named(trained, shared_cache):
+    root, _ = trained
+    checkpoint = next((root / "outputs" / "content_synthetic").rglob("last.ckpt"))
+    with pytest.raises(WorkbenchError, match=r"holds a 'content' model, but this stage was asked for task=age"):
+        calibrate(_calibrate(trained, shared_cache, f"checkpoint={checkpoint}", "expected_task=age"))
