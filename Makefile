@@ -17,6 +17,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/childsafe train experiment=age_synthetic
 	$(BIN)/childsafe train experiment=content_synthetic
+	$(BIN)/childsafe calibrate train_task=age_synthetic
+	$(BIN)/childsafe calibrate train_task=content_synthetic
 	@echo
 	@echo "Results: run folders under outputs/, MLflow runs in $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
 	@echo "Browse them:  $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"

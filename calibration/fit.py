@@ -116,7 +116,7 @@ def calibrate_age(
     figures_dir: Path,
 ) -> CalibrationResult:
     cfg, head = settings.age, model.head
-    gates = [float(g) for g in cfg.gates]
+    gates = sorted(float(g) for g in cfg.gates)
     group_by = list(cfg.mondrian_attributes) if cfg.mondrian else []
     groups = {
         s: group_labels(manifest, as_numpy(o, "position"), group_by) if group_by else None

@@ -45,6 +45,8 @@ class CachedImageDataset(Dataset):
 class SyntheticDataModule(L.LightningDataModule):
     """Renders (once) and serves a synthetic dataset split train/val/calib/test by subject."""
 
+    synthetic = True
+
     def __init__(
         self,
         generator,

@@ -9,6 +9,8 @@ The two binned heads share one definition of expectation and P(age < T).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,8 +62,8 @@ class RegressionHead(AgeHead):
         return raw[:, 0]
 
     def prob_below(self, raw: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-        normal = torch.distributions.Normal(raw[:, :1], self.spread(raw)[:, None])
-        return normal.cdf(thresholds.to(raw)[None, :])
+        z = (thresholds.to(raw)[None, :] - raw[:, :1]) / self.spread(raw)[:, None]
+        return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))  # the Normal CDF, in ops every exporter knows
 
     def spread(self, raw: torch.Tensor) -> torch.Tensor:
         return (0.5 * raw[:, 1]).exp()
@@ -137,7 +139,8 @@ class CornHead(BinnedAgeHead):
         return self.linear(features)
 
     def bin_probs(self, raw: torch.Tensor) -> torch.Tensor:
-        survival = torch.cumprod(torch.sigmoid(raw), dim=1)  # P(age bin > k), k = 0..max_age-1
+        # P(age bin > k) = prod_{j<=k} sigmoid(raw_j), as exp of a cumulative sum: stable, and ONNX has CumSum.
+        survival = torch.exp(torch.cumsum(F.logsigmoid(raw), dim=1))
         ones, zeros = torch.ones_like(survival[:, :1]), torch.zeros_like(survival[:, :1])
         return torch.cat([ones, survival], 1) - torch.cat([survival, zeros], 1)
 

@@ -12,6 +12,7 @@ import sys
 STAGES = {
     "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
     "calibrate": ("scripts.calibrate", "calibrate a trained run on its calib split, choose certified operating points"),
+    "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
 }
 
 USAGE = """usage: childsafe <stage> [hydra overrides ...]

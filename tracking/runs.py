@@ -77,20 +77,25 @@ def _from_mlflow(run_id: str, download_dir: Path) -> TrainedRun:
     return TrainedRun(run_id, run.info.experiment_id, ckpts[0], OmegaConf.load(config))
 
 
-def latest_train_run(train_task: str) -> str:
-    """The newest FINISHED `childsafe train` run of a task (its `task` tag is the train task_name)."""
+def latest_run(stage: str, condition: str, hint: str) -> str:
+    """The newest FINISHED run of a stage matching an MLflow filter condition."""
     from mlflow import MlflowClient
 
     client = MlflowClient(default_tracking_uri())
-    query = f"tags.stage = 'train' and tags.task = '{train_task}' and attributes.status = 'FINISHED'"
+    query = f"tags.stage = '{stage}' and {condition} and attributes.status = 'FINISHED'"
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise WorkbenchError(
-            f"run_id=latest: no finished train run of train_task={train_task} in {default_tracking_uri()}. "
-            f"Train one first (`childsafe train experiment={train_task}`) or pass run_id=<id>."
-        )
+        raise WorkbenchError(f"No finished {stage} run where {condition} in {default_tracking_uri()}. {hint}")
     return runs[0].info.run_id
+
+
+def latest_train_run(train_task: str) -> str:
+    return latest_run(
+        "train",
+        f"tags.task = '{train_task}'",
+        f"Train one first (`childsafe train experiment={train_task}`) or pass run_id=<id>.",
+    )
 
 
 def resolve_trained_run(

@@ -1,0 +1,127 @@
+"""The parity gate: onnxruntime must agree with the evaluated PyTorch model before anything is published.
+
+The reference is computed without the export wrapper: the trained LightningModule's forward plus
+the calibration state applied in numpy, exactly as the calibrate stage measured it. A mistake in
+the wrapper (a wrong normalisation constant, a mis-ordered buffer) therefore fails the gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from rich.progress import track
+
+from calibration.state import CalibrationState
+
+PROBABILITY_TOLERANCE = 1e-4
+AGE_TOLERANCE_YEARS = 1e-3
+DECISION_BAND = 1e-5
+METRIC_TOLERANCE = 1e-3
+BATCH = 256
+
+
+def _batches(images: np.ndarray):
+    for start in track(range(0, len(images), BATCH), description="Parity check", transient=True):
+        yield np.ascontiguousarray(images[start : start + BATCH])
+
+
+@torch.no_grad()
+def reference_outputs(module, state: CalibrationState, images: np.ndarray, coverage: float) -> dict[str, np.ndarray]:
+    module.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in _batches(images):
+        out = module(torch.from_numpy(batch).permute(0, 3, 1, 2))
+        if state.task == "content":
+            logits = out["logits"].numpy().astype(np.float64)
+            probs, unsafe = state.content.probabilities(logits), state.content.unsafe_score(logits)
+            values = {"probabilities": probs, "unsafe_score": unsafe}
+        else:
+            raw, expected = out["raw"], out["expected_age"].numpy().astype(np.float64)
+            prob_below = state.age.prob_below(module.head, raw)
+            low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
+            values = {"expected_age": expected, "prob_below": prob_below, "interval_low": low, "interval_high": high}
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value)
+    outputs = {key: np.concatenate(value) for key, value in parts.items()}
+    outputs["scores"] = decision_scores(state, outputs)
+    return outputs
+
+
+def decision_scores(state: CalibrationState, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """(N, operating points) scores that each decision thresholds."""
+    if state.task == "age":
+        return outputs["prob_below"]
+    columns = []
+    for point in state.operating_points:
+        target = point.name.removeprefix("recall_")
+        columns.append(
+            outputs["unsafe_score"]
+            if target == "unsafe"
+            else outputs["probabilities"][:, state.content.classes.index(target)]
+        )
+    return np.stack(columns, axis=1)
+
+
+def onnx_outputs(model_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in _batches(images):
+        for name, value in zip(names, session.run(None, {"images": batch}), strict=True):
+            parts[name].append(value)
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+@dataclass
+class ParityReport:
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+    decision_disagreements: dict[str, int] = field(default_factory=dict)
+    metric_deltas: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    samples: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_parity(
+    state: CalibrationState, reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], targets: np.ndarray
+) -> ParityReport:
+    report = ParityReport(samples=len(targets))
+    for name, expected in reference.items():
+        if name == "scores":
+            continue
+        diff = float(np.max(np.abs(exported[name].astype(np.float64) - expected))) if expected.size else 0.0
+        report.max_abs_diff[name] = diff
+        tolerance = (
+            AGE_TOLERANCE_YEARS
+            if name in ("expected_age", "interval_low", "interval_high")
+            else (PROBABILITY_TOLERANCE)
+        )
+        if not diff <= tolerance:
+            report.failures.append(f"output '{name}' differs by up to {diff:.3g} (tolerance {tolerance:g})")
+    thresholds = np.array([p.threshold for p in state.operating_points])
+    outside_band = np.abs(reference["scores"] - thresholds) > DECISION_BAND
+    wanted = reference["scores"] >= thresholds
+    for column, point in enumerate(state.operating_points):
+        disagree = int(((exported["decisions"][:, column] != wanted[:, column]) & outside_band[:, column]).sum())
+        report.decision_disagreements[point.name] = disagree
+        if disagree:
+            report.failures.append(f"decision '{point.name}' disagrees on {disagree} samples outside the ε-band")
+    if state.task == "age":
+        pair = [np.abs(out["expected_age"] - targets).mean() for out in (reference, exported)]
+        name = "mae"
+    else:
+        pair = [(out["probabilities"].argmax(1) == targets).mean() for out in (reference, exported)]
+        name = "accuracy"
+    report.metric_deltas[name] = float(abs(pair[0] - pair[1]))
+    if report.metric_deltas[name] > METRIC_TOLERANCE:
+        report.failures.append(
+            f"headline {name} moves by {report.metric_deltas[name]:.4g} (tolerance {METRIC_TOLERANCE})"
+        )
+    return report

@@ -1,0 +1,114 @@
+"""The export wrapper: preprocessing + network + calibration + decisions in one graph.
+
+As in anomalib, everything the runtime needs to turn pixels into a decision lives in registered
+buffers, so the ONNX file carries it and no sidecar can be lost: input is uint8 RGB NHWC, the graph
+normalises, applies the calibration fitted on the calib split, and emits one boolean per operating
+point (True = block: a likely minor at that gate, or content to filter).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from calibration.age import AgeCalibration
+from calibration.content import ContentCalibration
+from calibration.operating_points import OperatingPoint
+
+
+class PiecewiseLinear(nn.Module):
+    """np.interp with clipping, written with elementwise ops only so every exporter supports it."""
+
+    def __init__(self, xp: list[float], fp: list[float]):
+        super().__init__()
+        xp_t, fp_t = torch.tensor(xp, dtype=torch.float32), torch.tensor(fp, dtype=torch.float32)
+        self.register_buffer("start", xp_t[:-1])
+        self.register_buffer("width", (xp_t[1:] - xp_t[:-1]).clamp_min(1e-12))
+        self.register_buffer("slope", (fp_t[1:] - fp_t[:-1]) / (xp_t[1:] - xp_t[:-1]).clamp_min(1e-12))
+        self.register_buffer("base", fp_t[:1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        covered = torch.minimum((x[..., None] - self.start).clamp_min(0.0), self.width)
+        return self.base + (covered * self.slope).sum(dim=-1)
+
+
+def _nhwc_uint8_to_module_input(images: torch.Tensor) -> torch.Tensor:
+    return images.permute(0, 3, 1, 2)
+
+
+def _thresholds(points: list[OperatingPoint]) -> torch.Tensor:
+    return torch.tensor([p.threshold for p in points], dtype=torch.float32)
+
+
+class ContentExportWrapper(nn.Module):
+    output_names = ("probabilities", "unsafe_score", "decisions")
+
+    def __init__(self, module: nn.Module, calibration: ContentCalibration, points: list[OperatingPoint]):
+        super().__init__()
+        self.module = copy.deepcopy(module).eval()
+        k = len(calibration.classes)
+        weight = calibration.vector_weight or [1.0 / calibration.temperature] * k
+        bias = calibration.vector_bias or [0.0] * k
+        self.register_buffer("logit_weight", torch.tensor(weight, dtype=torch.float32))
+        self.register_buffer("logit_bias", torch.tensor(bias, dtype=torch.float32))
+        self.register_buffer("unsafe_mask", torch.tensor(calibration.unsafe_mask, dtype=torch.float32))
+        self.isotonic = (
+            PiecewiseLinear(calibration.isotonic_x, calibration.isotonic_y)
+            if calibration.method == "isotonic"
+            else None
+        )
+        # Each operating point scores either one class probability or the unsafe score (column -1).
+        columns = [
+            calibration.classes.index(p.name.removeprefix("recall_")) if p.name != "recall_unsafe" else -1
+            for p in points
+        ]
+        self.register_buffer("score_columns", torch.tensor(columns, dtype=torch.long))
+        self.register_buffer("thresholds", _thresholds(points))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = self.module.classifier(self.module.features(_nhwc_uint8_to_module_input(images)))
+        probabilities = torch.softmax(logits * self.logit_weight + self.logit_bias, dim=1)
+        unsafe = (probabilities * self.unsafe_mask).sum(dim=1)
+        if self.isotonic is not None:
+            unsafe = self.isotonic(unsafe)
+        scores = torch.cat([probabilities, unsafe[:, None]], dim=1)
+        chosen = scores.index_select(1, torch.where(self.score_columns < 0, scores.shape[1] - 1, self.score_columns))
+        return probabilities, unsafe, chosen >= self.thresholds
+
+
+class AgeExportWrapper(nn.Module):
+    output_names = ("expected_age", "prob_below", "interval_low", "interval_high", "decisions")
+
+    def __init__(self, module: nn.Module, calibration: AgeCalibration, points: list[OperatingPoint], coverage: float):
+        super().__init__()
+        self.module = copy.deepcopy(module).eval()
+        self.register_buffer("temperature", torch.tensor(calibration.temperature, dtype=torch.float32))
+        self.register_buffer("gates", torch.tensor([g.gate for g in calibration.gates], dtype=torch.float32))
+        self.isotonic = nn.ModuleList(
+            PiecewiseLinear(g.isotonic_x, g.isotonic_y) if g.method == "isotonic" else nn.Identity()
+            for g in calibration.gates
+        )
+        self.use_isotonic = [g.method == "isotonic" for g in calibration.gates]
+        intervals = next(i for i in calibration.intervals if abs(i.coverage - coverage) < 1e-9)
+        self.register_buffer("interval_quantile", torch.tensor(intervals.quantile, dtype=torch.float32))
+        self.register_buffer("max_age", torch.tensor(calibration.max_age, dtype=torch.float32))
+        self.register_buffer("thresholds", _thresholds(points))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        head = self.module.head
+        raw = head(self.module.features(_nhwc_uint8_to_module_input(images)))
+        tempered = head.temper(raw, self.temperature)
+        calibrated, uncalibrated = head.prob_below(tempered, self.gates), head.prob_below(raw, self.gates)
+        columns, running = [], None
+        for i, iso in enumerate(self.isotonic):
+            column = iso(uncalibrated[:, i]) if self.use_isotonic[i] else calibrated[:, i]
+            running = column if running is None else torch.maximum(running, column)  # non-decreasing in T
+            columns.append(running)
+        prob_below = torch.stack(columns, dim=1)
+        expected = head.expected_age(raw)
+        half = self.interval_quantile * head.spread(tempered)
+        low = torch.clamp(expected - half, min=torch.zeros_like(self.max_age), max=self.max_age)
+        high = torch.clamp(expected + half, min=torch.zeros_like(self.max_age), max=self.max_age)
+        return expected, prob_below, low, high, prob_below >= self.thresholds

@@ -1,0 +1,153 @@
+"""Export a calibrated model as a self-describing ONNX bundle: `childsafe export train_task=age_synthetic`.
+
+Stages the bundle in a temporary folder, proves onnxruntime agrees with the evaluated PyTorch model
+on the full calib and test splits (the parity gate), and only then moves it into the release folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from calibration.state import CalibrationState
+from export.bundle import publish, staging_folder, write_sums
+from export.contract import build_contract
+from export.metrics import headline, sliced
+from export.model_card import render_model_card
+from export.onnx_export import embed_contract, export_onnx
+from export.parity import check_parity, onnx_outputs, reference_outputs
+from export.wrapper import AgeExportWrapper, ContentExportWrapper
+from scripts.hydra_app import run_stage, show_metrics
+from tracking.errors import WorkbenchError
+from tracking.mlflow_run import log_metrics, stage_run
+from tracking.runs import latest_run, resolve_trained_run
+
+
+class ParityError(WorkbenchError):
+    """onnxruntime and PyTorch disagree: nothing was published."""
+
+
+def load_calibration(cfg: DictConfig, download_dir: Path) -> tuple[CalibrationState, str | None]:
+    if cfg.calibration_state:
+        return CalibrationState.load(Path(cfg.calibration_state)), None
+    from mlflow import MlflowClient
+
+    from tracking.mlflow_run import default_tracking_uri
+    from tracking.runs import latest_train_run
+
+    run_id = cfg.calibration_run
+    if run_id == "latest":
+        train_run = latest_train_run(cfg.train_task)
+        run_id = latest_run(
+            "calibrate",
+            f"tags.`lineage.parent_run_id` = '{train_run}'",
+            f"Calibrate it first: `childsafe calibrate train_task={cfg.train_task}`.",
+        )
+    path = MlflowClient(default_tracking_uri()).download_artifacts(
+        run_id, "calibration/calibration_state.json", str(download_dir)
+    )
+    return CalibrationState.load(Path(path)), run_id
+
+
+def build_wrapper(module, state: CalibrationState, coverage: float):
+    if state.task == "content":
+        return ContentExportWrapper(module, state.content, state.operating_points)
+    return AgeExportWrapper(module, state.age, state.operating_points, coverage)
+
+
+def build_bundle(cfg: DictConfig, module, wrapper, state: CalibrationState, datamodule, staging: Path) -> dict:
+    """Export, prove parity, and write contract, card and sums into `staging`. Raises ParityError on disagreement."""
+    settings = cfg.export
+    image_size = int(module.hparams.image_size)
+    exporter = export_onnx(wrapper, image_size, staging / "model.onnx", settings.opset)
+
+    cached = datamodule.load()
+    rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
+    images = np.asarray(cached.images[rows.index.to_numpy()])
+    reference = reference_outputs(module, state, images, settings.coverage)
+    exported = onnx_outputs(staging / "model.onnx", images)
+    report = check_parity(state, reference, exported, rows[datamodule.target].to_numpy())
+    (Path(cfg.paths.output_dir) / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
+    if not report.passed:
+        raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
+
+    is_test = (rows["split"] == "test").to_numpy()
+    test_outputs, test_rows = {k: v[is_test] for k, v in exported.items()}, rows[is_test]
+    attributes = list(settings.slice_attributes)
+    metrics = {
+        "headline": {
+            "name": "mae" if state.task == "age" else "accuracy",
+            **headline(state.task, test_outputs, test_rows, datamodule.target),
+        },
+        "slices": sliced(state.task, test_outputs, test_rows, datamodule.target, attributes),
+        "parity": {"samples": report.samples, "max_abs_diff": report.max_abs_diff},
+    }
+    data = {
+        "name": datamodule.generator.name,
+        "licence": datamodule.generator.licence,
+        "digest": cached.digest,
+        "synthetic": datamodule.synthetic,
+        "test_size": int(is_test.sum()),
+    }
+    contract = build_contract(
+        state,
+        settings.model_name,
+        image_size,
+        settings.coverage,
+        data,
+        metrics,
+        settings.opset,
+        exporter,
+        OmegaConf.to_container(settings.smoothing),
+        OmegaConf.to_container(settings.face_crop) if state.task == "age" else None,
+    )
+    (staging / "contract.json").write_text(json.dumps(contract, indent=2, sort_keys=True))
+    embed_contract(staging / "model.onnx", contract)
+    (staging / "model_card.md").write_text(render_model_card(contract))
+    write_sums(staging)
+    return contract
+
+
+def export(cfg: DictConfig) -> dict[str, float]:
+    output_dir = Path(cfg.paths.output_dir)
+    state, calibration_run = load_calibration(cfg, output_dir / "source")
+    trained = resolve_trained_run(
+        state.train_run_id,
+        None if state.train_run_id else state.checkpoint,
+        output_dir / "source",
+        expected_task=state.task,
+    )
+    module = trained.load_model().eval()
+    datamodule = trained.datamodule()
+    wrapper = build_wrapper(module, state, cfg.export.coverage)
+    release_root = Path(cfg.export.release_dir)
+    with stage_run("export", calibration_run or trained.run_id, state.task, f"export-{state.task}") as (client, run_id):
+        staging = staging_folder(release_root)
+        try:
+            contract = build_bundle(cfg, module, wrapper, state, datamodule, staging)
+            bundle = publish(staging, release_root / cfg.export.model_name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        metrics = {
+            f"export/{state.task}/parity_max_abs_diff/{k}": v
+            for k, v in contract["metrics"]["parity"]["max_abs_diff"].items()
+        }
+        metrics[f"test/{state.task}/{contract['metrics']['headline']['name']}"] = contract["metrics"]["headline"][
+            "value"
+        ]
+        log_metrics(client, run_id, metrics)
+        client.log_artifacts(run_id, str(bundle), "bundle")
+    show_metrics(metrics, f"export of {state.task}", {"bundle": str(bundle), "mlflow run": run_id})
+    return metrics
+
+
+def main() -> None:
+    run_stage("export", export)
+
+
+if __name__ == "__main__":
+    main()
