@@ -65,7 +65,7 @@ class ConformalIntervals:
     group_sizes: dict[str, int] = field(default_factory=dict)
 
     def half_width(self, spread: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-        if not self.group_by:
+        if not self.group_by or groups is None:  # groups unknown (at run time): the pooled guarantee
             return self.quantile * spread
         # A group never seen in calib has no guarantee of its own: it falls back to the pooled quantile.
         factors = np.array([self.group_quantiles.get(g, self.quantile) for g in groups])

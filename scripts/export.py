@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from calibration.state import CalibrationState
@@ -59,46 +60,44 @@ def build_wrapper(module, state: CalibrationState, coverage: float):
     return AgeExportWrapper(module, state.age, state.operating_points, coverage)
 
 
-def build_bundle(cfg: DictConfig, module, wrapper, state: CalibrationState, datamodule, staging: Path) -> dict:
-    """Export, prove parity, and write contract, card and sums into `staging`. Raises ParityError on disagreement."""
-    settings = cfg.export
+def build_bundle(
+    settings: DictConfig,
+    module,
+    wrapper,
+    state: CalibrationState,
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    target: str,
+    data: dict,
+    staging: Path,
+    report_dir: Path,
+) -> dict:
+    """Export into `staging`, prove parity on `images` (the calib and test rows), then write contract, card, sums."""
     image_size = int(module.hparams.image_size)
     exporter = export_onnx(wrapper, image_size, staging / "model.onnx", settings.opset)
-
-    cached = datamodule.load()
-    rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
-    images = np.asarray(cached.images[rows.index.to_numpy()])
     reference = reference_outputs(module, state, images, settings.coverage)
     exported = onnx_outputs(staging / "model.onnx", images)
-    report = check_parity(state, reference, exported, rows[datamodule.target].to_numpy())
-    (Path(cfg.paths.output_dir) / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
+    report = check_parity(state, reference, exported, rows[target].to_numpy())
+    (report_dir / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
     if not report.passed:
         raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
 
     is_test = (rows["split"] == "test").to_numpy()
     test_outputs, test_rows = {k: v[is_test] for k, v in exported.items()}, rows[is_test]
-    attributes = list(settings.slice_attributes)
     metrics = {
         "headline": {
             "name": "mae" if state.task == "age" else "accuracy",
-            **headline(state.task, test_outputs, test_rows, datamodule.target),
+            **headline(state.task, test_outputs, test_rows, target),
         },
-        "slices": sliced(state.task, test_outputs, test_rows, datamodule.target, attributes),
+        "slices": sliced(state.task, test_outputs, test_rows, target, list(settings.slice_attributes)),
         "parity": {"samples": report.samples, "max_abs_diff": report.max_abs_diff},
-    }
-    data = {
-        "name": datamodule.generator.name,
-        "licence": datamodule.generator.licence,
-        "digest": cached.digest,
-        "synthetic": datamodule.synthetic,
-        "test_size": int(is_test.sum()),
     }
     contract = build_contract(
         state,
         settings.model_name,
         image_size,
         settings.coverage,
-        data,
+        data | {"test_size": int(is_test.sum())},
         metrics,
         settings.opset,
         exporter,
@@ -112,6 +111,27 @@ def build_bundle(cfg: DictConfig, module, wrapper, state: CalibrationState, data
     return contract
 
 
+def publish_bundle(
+    settings: DictConfig,
+    module,
+    wrapper,
+    state: CalibrationState,
+    images: np.ndarray,
+    rows: pd.DataFrame,
+    target: str,
+    data: dict,
+    report_dir: Path,
+) -> tuple[Path, dict]:
+    """Stage, check and publish atomically: on any failure the release folder is left as it was."""
+    release_root = Path(settings.release_dir)
+    staging = staging_folder(release_root)
+    try:
+        contract = build_bundle(settings, module, wrapper, state, images, rows, target, data, staging, report_dir)
+        return publish(staging, release_root / settings.model_name), contract
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def export(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     state, calibration_run = load_calibration(cfg, output_dir / "source")
@@ -123,22 +143,26 @@ def export(cfg: DictConfig) -> dict[str, float]:
     )
     module = trained.load_model().eval()
     datamodule = trained.datamodule()
+    cached = datamodule.load()
+    rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
+    images = np.asarray(cached.images[rows.index.to_numpy()])
+    data = {
+        "name": datamodule.generator.name,
+        "licence": datamodule.generator.licence,
+        "digest": cached.digest,
+        "synthetic": datamodule.synthetic,
+    }
     wrapper = build_wrapper(module, state, cfg.export.coverage)
-    release_root = Path(cfg.export.release_dir)
     with stage_run("export", calibration_run or trained.run_id, state.task, f"export-{state.task}") as (client, run_id):
-        staging = staging_folder(release_root)
-        try:
-            contract = build_bundle(cfg, module, wrapper, state, datamodule, staging)
-            bundle = publish(staging, release_root / cfg.export.model_name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        bundle, contract = publish_bundle(
+            cfg.export, module, wrapper, state, images, rows, datamodule.target, data, output_dir
+        )
         metrics = {
             f"export/{state.task}/parity_max_abs_diff/{k}": v
             for k, v in contract["metrics"]["parity"]["max_abs_diff"].items()
         }
-        metrics[f"test/{state.task}/{contract['metrics']['headline']['name']}"] = contract["metrics"]["headline"][
-            "value"
-        ]
+        headline_metric = contract["metrics"]["headline"]
+        metrics[f"test/{state.task}/{headline_metric['name']}"] = headline_metric["value"]
         log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(bundle), "bundle")
     show_metrics(metrics, f"export of {state.task}", {"bundle": str(bundle), "mlflow run": run_id})

@@ -1,0 +1,209 @@
+"""Export: every backbone and head through the parity gate and the runtime consumer; corruption and tampering."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
+from calibration.content import ContentCalibration
+from calibration.operating_points import OperatingPoint
+from calibration.state import CalibrationState
+from export.parity import reference_outputs
+from models.age_module import AgeModule
+from models.backbones import TORCHVISION_BACKBONES
+from models.content_module import ContentModule
+from runtime.consumer import BundleError, Filter
+from scripts.export import ParityError, build_wrapper, publish_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+SIZE, N = 64, 48
+CLASSES = ["safe", "suggestive", "explicit"]
+
+
+def _point(name: str, threshold: float) -> OperatingPoint:
+    return OperatingPoint(
+        name,
+        threshold,
+        0.01,
+        0.95,
+        300,
+        0,
+        0.01,
+        0.2,
+        100,
+        test={
+            "positives": 50,
+            "miss_rate": 0.0,
+            "miss_rate_ci_low": 0.0,
+            "miss_rate_ci_high": 0.07,
+            "false_alarm_rate": 0.2,
+        },
+    )
+
+
+def _age_case(backbone: str, head: str):
+    torch.manual_seed(0)
+    module = AgeModule({"name": backbone}, {"kind": head}, {"lr": 1e-3, "weight_decay": 0.0}, image_size=SIZE).eval()
+    calibration = AgeCalibration(
+        temperature=1.3,
+        gates=[
+            GateCalibration(13.0, "isotonic", {}, [0.0, 0.2, 0.6, 1.0], [0.0, 0.1, 0.7, 1.0]),
+            GateCalibration(16.0, "temperature", {}),
+            GateCalibration(18.0, "temperature", {}),
+        ],
+        intervals=[ConformalIntervals(0.9, 1.6, 300)],
+        calib_size=300,
+        max_age=100.0,
+    )
+    state = CalibrationState(
+        "age", None, "x.ckpt", 0.95, age=calibration, operating_points=[_point(f"gate{g}", 0.4) for g in (13, 16, 18)]
+    )
+    return module, state, "age"
+
+
+def _content_case(backbone: str, method: str = "isotonic"):
+    torch.manual_seed(0)
+    module = ContentModule({"name": backbone}, {"lr": 1e-3, "weight_decay": 0.0}, classes=CLASSES, image_size=SIZE)
+    calibration = ContentCalibration(
+        method,
+        CLASSES,
+        ["suggestive", "explicit"],
+        temperature=1.7,
+        isotonic_x=[0.0, 0.5, 1.0],
+        isotonic_y=[0.05, 0.4, 0.95],
+    )
+    state = CalibrationState(
+        "content",
+        None,
+        "x.ckpt",
+        0.95,
+        content=calibration,
+        operating_points=[_point("recall_explicit", 0.3), _point("recall_unsafe", 0.5)],
+    )
+    return module.eval(), state, "label"
+
+
+def _data(target: str):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
+    rows = pd.DataFrame(
+        {
+            "split": ["calib", "test"] * (N // 2),
+            "subject_id": [f"s{i // 2}" for i in range(N)],
+            target: rng.uniform(0, 80, N) if target == "age" else rng.integers(0, 3, N),
+            "sex": rng.choice(["female", "male"], N),
+        }
+    )
+    return images, rows
+
+
+def _settings(tmp_path: Path):
+    return OmegaConf.create(
+        {
+            "model_name": "bundle",
+            "release_dir": str(tmp_path / "releases"),
+            "opset": 18,
+            "coverage": 0.9,
+            "slice_attributes": ["sex"],
+            "smoothing": {"method": "k_of_n", "k": 2, "n": 3},
+            "face_crop": {"box_margin": 0.4, "square": True, "alignment": "none"},
+        }
+    )
+
+
+def _export_and_consume(tmp_path: Path, module, state, target: str):
+    images, rows = _data(target)
+    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
+    wrapper = build_wrapper(module, state, 0.9)
+    bundle, contract = publish_bundle(_settings(tmp_path), module, wrapper, state, images, rows, target, data, tmp_path)
+    filter_ = Filter(bundle)
+    records = filter_.run(images)
+    reference = reference_outputs(module, state, images, 0.9)
+    thresholds = np.array([p.threshold for p in state.operating_points])
+    for i, record in enumerate(records):
+        for column, name in enumerate(filter_.decision_names):
+            if abs(reference["scores"][i, column] - thresholds[column]) > 1e-5:
+                assert record["decisions"][name] == (reference["scores"][i, column] >= thresholds[column])
+    return bundle, contract
+
+
+@pytest.mark.parametrize("head", ["dldl", "corn", "regression"])
+def test_small_age_models_pass_parity_and_run_in_the_consumer(tmp_path, head):
+    bundle, contract = _export_and_consume(tmp_path, *_age_case("small_cnn", head))
+    assert contract["versions"]["exporter"] == "dynamo" and contract["versions"]["opset"] == 18
+    assert sorted(p.name for p in bundle.iterdir()) == ["SHA256SUMS", "contract.json", "model.onnx", "model_card.md"]
+    assert contract["input"]["face_crop"]["box_margin"] == 0.4
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_small_content_model_passes_parity_and_runs_in_the_consumer(tmp_path, method):
+    _, contract = _export_and_consume(tmp_path, *_content_case("small_cnn", method))
+    assert [p["name"] for p in contract["operating_points"]] == ["recall_explicit", "recall_unsafe"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", TORCHVISION_BACKBONES)
+@pytest.mark.parametrize("head", ["dldl", "corn", "regression", "content"])
+def test_every_backbone_and_head_exports(tmp_path, backbone, head):
+    case = _content_case(backbone) if head == "content" else _age_case(backbone, head)
+    _export_and_consume(tmp_path, *case)
+
+
+@pytest.mark.parametrize("corruption", ["perturbed_weight", "wrong_normalisation"])
+def test_parity_gate_refuses_a_corrupted_export_and_publishes_nothing(tmp_path, corruption):
+    module, state, target = _age_case("small_cnn", "dldl")
+    images, rows = _data(target)
+    wrapper = build_wrapper(module, state, 0.9)
+    with torch.no_grad():
+        if corruption == "perturbed_weight":
+            next(wrapper.module.backbone.parameters()).view(-1)[0] += 5.0
+        else:
+            wrapper.module.mean += 10.0
+    settings = _settings(tmp_path)
+    with pytest.raises(ParityError, match=r"(?s)Parity gate failed.*output 'expected_age' differs"):
+        publish_bundle(
+            settings,
+            module,
+            wrapper,
+            state,
+            images,
+            rows,
+            target,
+            {"name": "r", "licence": "n/a", "digest": "0", "synthetic": True},
+            tmp_path,
+        )
+    assert list(Path(settings.release_dir).iterdir()) == []  # no bundle, no staging leftovers
+
+
+def test_consumer_refuses_a_tampered_bundle_and_never_imports_torch(tmp_path):
+    bundle, _ = _export_and_consume(tmp_path, *_content_case("small_cnn"))
+    image = tmp_path / "frame.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((SIZE, SIZE, 3), 127, np.uint8)).save(image)
+    probe = (
+        "import sys, json, runtime.consumer as c\n"
+        f"code = c.main([{str(bundle)!r}, {str(image)!r}])\n"
+        "assert code == 0, code\n"
+        "assert 'torch' not in sys.modules, 'the consumer imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = __import__("json").loads(done.stdout.splitlines()[0])
+    assert set(record["decisions"]) == {"recall_explicit", "recall_unsafe"}
+    assert set(record["outputs"]["probabilities"]) == set(CLASSES)
+
+    model = bundle / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match its SHA256SUMS entry"):
+        Filter(bundle)
