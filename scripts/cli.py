@@ -13,6 +13,8 @@ STAGES = {
     "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
     "calibrate": ("scripts.calibrate", "calibrate a trained run on its calib split, choose certified operating points"),
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
+    "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
+    "pipeline": ("scripts.pipeline", "train, calibrate, export and promote one experiment, resuming where it stopped"),
 }
 
 USAGE = """usage: childsafe <stage> [hydra overrides ...]

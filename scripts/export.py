@@ -25,6 +25,7 @@ from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
+from tracking.registry import register_bundle
 from tracking.runs import latest_run, resolve_trained_run
 
 
@@ -165,7 +166,16 @@ def export(cfg: DictConfig) -> dict[str, float]:
         metrics[f"test/{state.task}/{headline_metric['name']}"] = headline_metric["value"]
         log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(bundle), "bundle")
-    show_metrics(metrics, f"export of {state.task}", {"bundle": str(bundle), "mlflow run": run_id})
+        version = register_bundle(run_id, bundle, contract, cfg.export.model_name) if cfg.export.register else None
+    show_metrics(
+        metrics,
+        f"export of {state.task}",
+        {
+            "bundle": str(bundle),
+            "mlflow run": run_id,
+            "registered": f"{cfg.export.model_name} version {version} (alias candidate)" if version else "no",
+        },
+    )
     return metrics
 
 

@@ -91,6 +91,13 @@ def _check_types(base: DictConfig, overrides: list[str]) -> None:
             )
 
 
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys left at `???`, found without resolving interpolations (Hydra's own nodes need a running app)."""
+    if isinstance(node, dict):
+        return [m for k, v in node.items() for m in _missing_keys(v, f"{prefix}{k}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
+
+
 def _check_writable(cfg: DictConfig) -> None:
     for key in ("paths.log_dir", "paths.cache_dir"):
         folder = Path(OmegaConf.select(cfg, key))
@@ -122,6 +129,11 @@ def validate(config_name: str, argv: list[str]) -> DictConfig:
                 message = _explain_missing_key(error, base)
             raise WorkbenchError(message) from error
     GlobalHydra.instance().clear()
+    missing = _missing_keys({k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"})
+    if missing:
+        raise WorkbenchError(
+            f"Config key(s) {', '.join(missing)} must be given, e.g. `{missing[0]}=...`: they have no default."
+        )
     _check_types(base, plain)
     _check_writable(cfg)
     return cfg

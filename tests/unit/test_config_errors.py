@@ -69,3 +69,9 @@ def test_unwritable_sqlite_store_is_detected_up_front(tmp_path):
     blocker.write_text("x")
     with pytest.raises(WorkbenchError, match="cannot be written"):
         check_tracking_uri(f"sqlite:///{blocker / 'mlflow.db'}")
+
+
+def test_a_required_key_without_default_is_named(tmp_path):
+    with pytest.raises(WorkbenchError, match=r"model_name must be given"):
+        validate("promote", _folders(tmp_path))
+    assert validate("promote", ["model_name=childsafe-age_synthetic", *_folders(tmp_path)]).model_name
