@@ -15,13 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/childsafe train experiment=age_synthetic
-	$(BIN)/childsafe train experiment=content_synthetic
-	$(BIN)/childsafe calibrate train_task=age_synthetic
-	$(BIN)/childsafe calibrate train_task=content_synthetic
+	$(BIN)/childsafe pipeline experiment=age_synthetic
+	$(BIN)/childsafe pipeline experiment=content_synthetic
 	@echo
-	@echo "Results: run folders under outputs/, MLflow runs in $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
-	@echo "Browse them:  $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
+	@echo "Bundles:      $(CURDIR)/releases/childsafe-age_synthetic  $(CURDIR)/releases/childsafe-content_synthetic"
+	@echo "Try one:      $(BIN)/childsafe-filter releases/childsafe-age_synthetic <image or folder>"
+	@echo "Run folders:  $(CURDIR)/outputs/  (re-running make demo resumes; rm -r outputs/pipeline to start over)"
+	@echo "MLflow:       $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +34,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf outputs .cache .pytest_cache
+	rm -rf outputs releases .cache .pytest_cache

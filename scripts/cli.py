@@ -14,6 +14,7 @@ STAGES = {
     "calibrate": ("scripts.calibrate", "calibrate a trained run on its calib split, choose certified operating points"),
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
+    "bench": ("scripts.bench", "time an exported bundle on onnxruntime against PyTorch eager"),
     "pipeline": ("scripts.pipeline", "train, calibrate, export and promote one experiment, resuming where it stopped"),
 }
 
