@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from runtime.integrity import sha256_file
+
 BUNDLE_FILES = ("model.onnx", "contract.json", "model_card.md")
 SUMS_FILE = "SHA256SUMS"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_sums(folder: Path) -> Path:

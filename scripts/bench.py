@@ -17,9 +17,8 @@ import onnxruntime as ort
 import torch
 from omegaconf import DictConfig
 
-from scripts.export import build_wrapper, load_calibration
+from scripts.export import build_wrapper, load_calibrated_model
 from scripts.hydra_app import run_stage
-from tracking.runs import resolve_trained_run
 
 
 def _median_seconds(call, repeats: int, iterations: int) -> float:
@@ -36,14 +35,7 @@ def _median_seconds(call, repeats: int, iterations: int) -> float:
 
 def bench(cfg: DictConfig) -> list[dict]:
     output_dir = Path(cfg.paths.output_dir)
-    state, _ = load_calibration(cfg, output_dir / "source")
-    trained = resolve_trained_run(
-        state.train_run_id,
-        None if state.train_run_id else state.checkpoint,
-        output_dir / "source",
-        expected_task=state.task,
-    )
-    module = trained.load_model().eval()
+    state, _, _, module = load_calibrated_model(cfg, output_dir / "source")
     wrapper = build_wrapper(module, state, 0.9).eval()
     session = ort.InferenceSession(str(Path(cfg.bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
     size = int(module.hparams.image_size)

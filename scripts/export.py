@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,23 +63,26 @@ def build_wrapper(module, state: CalibrationState, coverage: float):
     return AgeExportWrapper(module, state.age, state.operating_points, coverage)
 
 
-def build_bundle(
-    settings: DictConfig,
-    module,
-    wrapper,
-    state: CalibrationState,
-    images: np.ndarray,
-    rows: pd.DataFrame,
-    target: str,
-    data: dict,
-    staging: Path,
-    report_dir: Path,
-) -> dict:
-    """Export into `staging`, prove parity on `images` (the calib and test rows), then write contract, card, sums."""
-    image_size = int(module.hparams.image_size)
-    exporter = export_onnx(wrapper, image_size, staging / "model.onnx", settings.opset)
-    reference = reference_outputs(module, state, images, settings.coverage)
-    exported = onnx_outputs(staging / "model.onnx", images)
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an export needs: the evaluated model and calibration, the wrapper to export, and the parity data."""
+
+    module: Any
+    wrapper: Any
+    state: CalibrationState
+    images: np.ndarray  # uint8 NHWC, the calib and test rows
+    rows: pd.DataFrame  # their manifest rows (split, subject_id, target, attributes)
+    target: str
+    data: dict
+
+
+def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, report_dir: Path) -> dict:
+    """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
+    state, rows, target = inputs.state, inputs.rows, inputs.target
+    image_size = int(inputs.module.hparams.image_size)
+    exporter = export_onnx(inputs.wrapper, image_size, staging / "model.onnx", settings.opset)
+    reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage)
+    exported = onnx_outputs(staging / "model.onnx", inputs.images)
     report = check_parity(state, reference, exported, rows[target].to_numpy())
     (report_dir / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
     if not report.passed:
@@ -98,7 +103,7 @@ def build_bundle(
         settings.model_name,
         image_size,
         settings.coverage,
-        data | {"test_size": int(is_test.sum())},
+        inputs.data | {"test_size": int(is_test.sum())},
         metrics,
         settings.opset,
         exporter,
@@ -112,52 +117,48 @@ def build_bundle(
     return contract
 
 
-def publish_bundle(
-    settings: DictConfig,
-    module,
-    wrapper,
-    state: CalibrationState,
-    images: np.ndarray,
-    rows: pd.DataFrame,
-    target: str,
-    data: dict,
-    report_dir: Path,
-) -> tuple[Path, dict]:
+def publish_bundle(settings: DictConfig, inputs: ExportInputs, report_dir: Path) -> tuple[Path, dict]:
     """Stage, check and publish atomically: on any failure the release folder is left as it was."""
     release_root = Path(settings.release_dir)
     staging = staging_folder(release_root)
     try:
-        contract = build_bundle(settings, module, wrapper, state, images, rows, target, data, staging, report_dir)
+        contract = build_bundle(settings, inputs, staging, report_dir)
         return publish(staging, release_root / settings.model_name), contract
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def load_calibrated_model(cfg: DictConfig, download_dir: Path):
+    """The calibration state, its MLflow run, the training run it calibrated, and the loaded model."""
+    state, calibration_run = load_calibration(cfg, download_dir)
+    checkpoint = None if state.train_run_id else state.checkpoint
+    trained = resolve_trained_run(state.train_run_id, checkpoint, download_dir, expected_task=state.task)
+    return state, calibration_run, trained, trained.load_model().eval()
+
+
 def export(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
-    state, calibration_run = load_calibration(cfg, output_dir / "source")
-    trained = resolve_trained_run(
-        state.train_run_id,
-        None if state.train_run_id else state.checkpoint,
-        output_dir / "source",
-        expected_task=state.task,
-    )
-    module = trained.load_model().eval()
+    state, calibration_run, trained, module = load_calibrated_model(cfg, output_dir / "source")
     datamodule = trained.datamodule()
     cached = datamodule.load()
     rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
-    images = np.asarray(cached.images[rows.index.to_numpy()])
     data = {
         "name": datamodule.generator.name,
         "licence": datamodule.generator.licence,
         "digest": cached.digest,
         "synthetic": datamodule.synthetic,
     }
-    wrapper = build_wrapper(module, state, cfg.export.coverage)
+    inputs = ExportInputs(
+        module,
+        build_wrapper(module, state, cfg.export.coverage),
+        state,
+        np.asarray(cached.images[rows.index.to_numpy()]),
+        rows,
+        datamodule.target,
+        data,
+    )
     with stage_run("export", calibration_run or trained.run_id, state.task, f"export-{state.task}") as (client, run_id):
-        bundle, contract = publish_bundle(
-            cfg.export, module, wrapper, state, images, rows, datamodule.target, data, output_dir
-        )
+        bundle, contract = publish_bundle(cfg.export, inputs, output_dir)
         metrics = {
             f"export/{state.task}/parity_max_abs_diff/{k}": v
             for k, v in contract["metrics"]["parity"]["max_abs_diff"].items()

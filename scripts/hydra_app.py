@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import REPO_ROOT
+from tracking.mlflow_run import REPO_ROOT, probe_writable
 
 CONFIG_DIR = REPO_ROOT / "configs"
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
@@ -102,10 +102,7 @@ def _check_writable(cfg: DictConfig) -> None:
     for key in ("paths.log_dir", "paths.cache_dir"):
         folder = Path(OmegaConf.select(cfg, key))
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
+            probe_writable(folder)
         except OSError as error:
             raise WorkbenchError(
                 f"Output folder {key}={folder} is not writable ({error.strerror or error}). "

@@ -35,6 +35,14 @@ def default_artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def probe_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a file in it: raises OSError when that is impossible."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write-probe"
+    probe.write_text("ok")
+    probe.unlink()
+
+
 def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     """Fail before any training if runs could not be recorded."""
     if uri.startswith(("http://", "https://")):
@@ -49,10 +57,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
     elif uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
+            probe_writable(folder)
         except OSError as error:
             raise WorkbenchError(
                 f"The MLflow SQLite store {uri} cannot be written: folder {folder} is not writable ({error}). "

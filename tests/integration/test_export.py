@@ -21,7 +21,7 @@ from models.age_module import AgeModule
 from models.backbones import TORCHVISION_BACKBONES
 from models.content_module import ContentModule
 from runtime.consumer import BundleError, Filter
-from scripts.export import ParityError, build_wrapper, publish_bundle
+from scripts.export import ExportInputs, ParityError, build_wrapper, publish_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE, N = 64, 48
@@ -123,7 +123,8 @@ def _export_and_consume(tmp_path: Path, module, state, target: str):
     images, rows = _data(target)
     data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
     wrapper = build_wrapper(module, state, 0.9)
-    bundle, contract = publish_bundle(_settings(tmp_path), module, wrapper, state, images, rows, target, data, tmp_path)
+    inputs = ExportInputs(module, wrapper, state, images, rows, target, data)
+    bundle, contract = publish_bundle(_settings(tmp_path), inputs, tmp_path)
     filter_ = Filter(bundle)
     records = filter_.run(images)
     reference = reference_outputs(module, state, images, 0.9)
@@ -169,17 +170,8 @@ def test_parity_gate_refuses_a_corrupted_export_and_publishes_nothing(tmp_path, 
             wrapper.module.mean += 10.0
     settings = _settings(tmp_path)
     with pytest.raises(ParityError, match=r"(?s)Parity gate failed.*output 'expected_age' differs"):
-        publish_bundle(
-            settings,
-            module,
-            wrapper,
-            state,
-            images,
-            rows,
-            target,
-            {"name": "r", "licence": "n/a", "digest": "0", "synthetic": True},
-            tmp_path,
-        )
+        data = {"name": "r", "licence": "n/a", "digest": "0", "synthetic": True}
+        publish_bundle(settings, ExportInputs(module, wrapper, state, images, rows, target, data), tmp_path)
     assert list(Path(settings.release_dir).iterdir()) == []  # no bundle, no staging leftovers
 
 

@@ -1,17 +1,23 @@
-"""The calibrate stage on small trained runs, against a temporary MLflow store."""
+"""Calibrate and export on small trained runs, against a temporary MLflow store."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import compose_stage
 from mlflow import MlflowClient
 
 from calibration.state import CalibrationState
+from export.parity import reference_outputs
+from runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
+from scripts.export import export
 from scripts.train import train
 from tracking.errors import WorkbenchError
+from tracking.runs import resolve_trained_run
 
 SMALL = ("debug=smoke", "data.generator.num_subjects=600")
 
@@ -88,3 +94,40 @@ def test_checkpoint_of_the_wrong_task_is_named(trained, shared_cache):
     checkpoint = next((root / "outputs" / "content_synthetic").rglob("last.ckpt"))
     with pytest.raises(WorkbenchError, match=r"holds a 'content' model, but this stage was asked for task=age"):
         calibrate(_calibrate(trained, shared_cache, f"checkpoint={checkpoint}", "expected_task=age"))
+
+
+def test_export_publishes_a_registered_bundle_the_consumer_agrees_with(trained, shared_cache):
+    root, _ = trained
+    calibrate(_calibrate(trained, shared_cache, "train_task=content_synthetic", "calibration.content.min_recall=0.9"))
+    cfg = compose_stage(
+        "export", root, shared_cache, "train_task=content_synthetic", f"export.release_dir={root / 'releases'}"
+    )
+    export(cfg)
+    bundle = root / "releases" / "childsafe-content_synthetic"
+    contract = json.loads((bundle / "contract.json").read_text())
+    assert contract["data"]["synthetic"] is True and contract["task"] == "content"
+    assert contract["metrics"]["parity"]["samples"] > 0
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("childsafe-content_synthetic", "candidate")
+    assert float(version.tags["headline.value"]) == pytest.approx(contract["metrics"]["headline"]["value"])
+    assert "gate.recall_explicit.miss_rate_upper" in version.tags
+    export_run = client.get_run(version.run_id)
+    assert export_run.data.tags["stage"] == "export" and export_run.info.status == "FINISHED"
+
+    # The consumer's decisions on the test split equal the calibrated PyTorch model's, outside the ε-band.
+    calibration_run = client.get_run(export_run.data.tags["mlflow.parentRunId"])
+    state_file = client.download_artifacts(calibration_run.info.run_id, "calibration/calibration_state.json", str(root))
+    state = CalibrationState.load(Path(state_file))
+    trained_run = resolve_trained_run(calibration_run.data.tags["mlflow.parentRunId"], None, root / "dl")
+    module, datamodule = trained_run.load_model(), trained_run.datamodule()
+    rows = datamodule.split_manifest("test")
+    images = np.asarray(datamodule.load().images[rows.index.to_numpy()])
+    reference = reference_outputs(module, state, images, 0.9)
+    records = Filter(bundle).run(images)
+    thresholds = np.array([p.threshold for p in state.operating_points])
+    outside = np.abs(reference["scores"] - thresholds) > 1e-5
+    for column, point in enumerate(state.operating_points):
+        consumer = np.array([r["decisions"][point.name] for r in records])
+        expected = reference["scores"][:, column] >= thresholds[column]
+        assert np.array_equal(consumer[outside[:, column]], expected[outside[:, column]])
