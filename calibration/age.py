@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
-from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
+from calibration.isotonic import fit_isotonic
 from models.age_heads import AgeHead
 
 
@@ -34,10 +34,6 @@ def fit_age_temperature(head: AgeHead, raw: torch.Tensor, age: torch.Tensor) -> 
 def _prob_below(head: AgeHead, raw: torch.Tensor, gates: list[float], temperature: float) -> np.ndarray:
     with torch.no_grad():
         return head.prob_below(head.temper(raw, temperature), torch.tensor(gates)).numpy().astype(np.float64)
-
-
-def _isotonic(x: np.ndarray, y: np.ndarray) -> IsotonicRegression:
-    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(x, y)
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -128,7 +124,7 @@ class AgeCalibration:
             tempered = _prob_below(head, raw[held], gates, fold_t)
             for i, gate in enumerate(gates):
                 minor = (age < gate).astype(float)
-                iso = _isotonic(uncalibrated[train, i], minor[train]).predict(uncalibrated[held, i])
+                iso = np.interp(uncalibrated[held, i], *fit_isotonic(uncalibrated[train, i], minor[train]))
                 cv_errors["temperature"][i] += ((tempered[:, i] - minor[held]) ** 2).sum() / age.size
                 cv_errors["isotonic"][i] += ((iso - minor[held]) ** 2).sum() / age.size
         gate_states = []
@@ -136,8 +132,7 @@ class AgeCalibration:
             errors = {name: float(values[i]) for name, values in cv_errors.items()}
             state = GateCalibration(gate=float(gate), method=min(errors, key=errors.get), cv_brier=errors)
             if state.method == "isotonic":
-                iso = _isotonic(uncalibrated[:, i], (age < gate).astype(float))
-                state.isotonic_x, state.isotonic_y = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
+                state.isotonic_x, state.isotonic_y = fit_isotonic(uncalibrated[:, i], (age < gate).astype(float))
             gate_states.append(state)
 
         with torch.no_grad():

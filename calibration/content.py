@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
-from sklearn.isotonic import IsotonicRegression
 
+from calibration.isotonic import fit_isotonic
 from tracking.errors import WorkbenchError
 
 METHODS = ("temperature", "vector", "isotonic")
@@ -85,8 +85,7 @@ class ContentCalibration:
             state.temperature = fit_temperature(logits, labels)
         if method == "isotonic":
             is_unsafe = np.isin(np.asarray(classes)[labels], unsafe_classes)
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            state.isotonic_x, state.isotonic_y = fit_isotonic(
                 state.probabilities(logits)[:, state.unsafe_mask].sum(axis=1), is_unsafe
             )
-            state.isotonic_x, state.isotonic_y = iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist()
         return state

@@ -161,6 +161,7 @@ def build_contract(
     exporter: str,
     smoothing: dict[str, Any],
     face_crop: dict[str, Any] | None,
+    quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     contract = {
         "schema_version": 1,
@@ -210,5 +211,8 @@ def build_contract(
     }
     if face_crop is not None:
         contract["input"]["face_crop"] = face_crop
+    contract["precision"] = "int8" if quantization and quantization["kept"] else "fp32"
+    if quantization is not None:
+        contract["quantization"] = quantization
     validate_contract(contract)
     return contract

@@ -41,9 +41,10 @@ def reference_outputs(module, state: CalibrationState, images: np.ndarray, cover
             values = {"probabilities": probs, "unsafe_score": unsafe}
         else:
             raw, expected = out["raw"], out["expected_age"].numpy().astype(np.float64)
-            prob_below = state.age.prob_below(module.head, raw)
-            low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
-            values = {"expected_age": expected, "prob_below": prob_below, "interval_low": low, "interval_high": high}
+            values = {"expected_age": expected, "prob_below": state.age.prob_below(module.head, raw)}
+            if state.age.intervals:  # an uncalibrated model has none
+                low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
+                values |= {"interval_low": low, "interval_high": high}
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
     outputs = {key: np.concatenate(value) for key, value in parts.items()}

@@ -7,8 +7,6 @@ uint8 batches in one process; each figure is the median of `repeats` runs of `it
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -17,20 +15,9 @@ import onnxruntime as ort
 import torch
 from omegaconf import DictConfig
 
+from export.latency import median_seconds
 from scripts.export import build_wrapper, load_calibrated_model
 from scripts.hydra_app import run_stage
-
-
-def _median_seconds(call, repeats: int, iterations: int) -> float:
-    for _ in range(5):
-        call()
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(iterations):
-            call()
-        timings.append((time.perf_counter() - started) / iterations)
-    return statistics.median(timings)
 
 
 def bench(cfg: DictConfig) -> list[dict]:
@@ -44,8 +31,8 @@ def bench(cfg: DictConfig) -> list[dict]:
         images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
         tensor = torch.from_numpy(images)
         with torch.inference_mode():
-            eager = _median_seconds(lambda t=tensor: wrapper(t), cfg.repeats, cfg.iterations)
-        onnx = _median_seconds(lambda x=images: session.run(None, {"images": x}), cfg.repeats, cfg.iterations)
+            eager = median_seconds(lambda t=tensor: wrapper(t), cfg.repeats, cfg.iterations)
+        onnx = median_seconds(lambda x=images: session.run(None, {"images": x}), cfg.repeats, cfg.iterations)
         rows.append(
             {
                 "batch": batch,

@@ -7,6 +7,7 @@ on the full calib and test splits (the parity gate), and only then moves it into
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ from export.metrics import headline, sliced
 from export.model_card import render_model_card
 from export.onnx_export import embed_contract, export_onnx
 from export.parity import check_parity, onnx_outputs, reference_outputs
+from export.quantize import judge, quantize
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
-from scripts.hydra_app import run_stage, show_metrics
+from scripts.hydra_app import console, run_stage, show_metrics
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
 from tracking.registry import register_bundle
@@ -89,6 +91,11 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
 
     is_test = (rows["split"] == "test").to_numpy()
+    quantization = None
+    if settings.quantize == "int8":
+        quantization = try_int8(staging / "model.onnx", inputs, is_test, image_size)
+        if quantization["kept"]:
+            exported = onnx_outputs(staging / "model.onnx", inputs.images)
     test_outputs, test_rows = {k: v[is_test] for k, v in exported.items()}, rows[is_test]
     metrics = {
         "headline": {
@@ -109,12 +116,35 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         exporter,
         OmegaConf.to_container(settings.smoothing),
         OmegaConf.to_container(settings.face_crop) if state.task == "age" else None,
+        quantization,
     )
     (staging / "contract.json").write_text(json.dumps(contract, indent=2, sort_keys=True))
     embed_contract(staging / "model.onnx", contract)
     (staging / "model_card.md").write_text(render_model_card(contract))
     write_sums(staging)
     return contract
+
+
+def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray, image_size: int) -> dict:
+    """Quantise next to `model`; replace it only if INT8 is faster and within tolerance, else say why not."""
+    int8 = model.with_name("model.int8.onnx")
+    quantize(model, int8, inputs.images[~is_test])
+    gates = [g.gate for g in inputs.state.age.gates] if inputs.state.task == "age" else []
+    verdict = judge(
+        inputs.state.task,
+        model,
+        int8,
+        inputs.images[is_test],
+        inputs.rows[inputs.target].to_numpy()[is_test],
+        gates,
+        image_size,
+    )
+    if verdict.kept:
+        os.replace(int8, model)
+    else:
+        int8.unlink()
+        console.print("[yellow]INT8 refused, the bundle stays fp32:[/] " + "; ".join(verdict.reasons))
+    return {"requested": "int8", "method": "onnxruntime static QDQ, Conv/MatMul/Gemm, per-channel", **verdict.to_dict()}
 
 
 def publish_bundle(settings: DictConfig, inputs: ExportInputs, report_dir: Path) -> tuple[Path, dict]:

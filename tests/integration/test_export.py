@@ -109,6 +109,7 @@ def _settings(tmp_path: Path):
     return OmegaConf.create(
         {
             "model_name": "bundle",
+            "quantize": None,
             "release_dir": str(tmp_path / "releases"),
             "opset": 18,
             "coverage": 0.9,
@@ -199,3 +200,20 @@ def test_consumer_refuses_a_tampered_bundle_and_never_imports_torch(tmp_path):
     model.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="does not match its SHA256SUMS entry"):
         Filter(bundle)
+
+
+def test_int8_is_measured_and_either_kept_or_refused_with_numbers(tmp_path):
+    module, state, target = _content_case("small_cnn", "temperature")
+    images, rows = _data(target)
+    settings = _settings(tmp_path)
+    settings.quantize = "int8"
+    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
+    inputs = ExportInputs(module, build_wrapper(module, state, 0.9), state, images, rows, target, data)
+    bundle, contract = publish_bundle(settings, inputs, tmp_path)
+    quantization = contract["quantization"]
+    assert set(quantization["latency_ms"]) == {"fp32_batch1", "int8_batch1", "fp32_batch32", "int8_batch32"}
+    assert 0.0 <= quantization["deltas"]["decision_agreement"] <= 1.0
+    assert quantization["kept"] == (not quantization["reasons"])
+    assert contract["precision"] == ("int8" if quantization["kept"] else "fp32")
+    assert not (bundle / "model.int8.onnx").exists()
+    Filter(bundle)  # whichever graph was kept, the bundle verifies and loads

@@ -121,3 +121,16 @@ def test_age_calibration_round_trips_and_prob_below_stays_monotone():
     assert probs.min() >= 0 and probs.max() <= 1
     assert np.all(np.diff(probs, axis=1) >= 0)  # P(age < 13) <= P(age < 16) <= P(age < 18)
     assert {g.method for g in state.gates} <= {"temperature", "isotonic"}
+
+
+def test_isotonic_knots_are_thinned_so_the_map_has_a_bounded_slope():
+    from calibration.isotonic import MIN_SPACING, fit_isotonic
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 5000)
+    y = rng.uniform(0, 1, 5000) < x
+    knots_x, knots_y = fit_isotonic(x, y)
+    assert np.all(np.diff(knots_x) >= MIN_SPACING - 1e-12)
+    assert np.all(np.diff(knots_y) >= 0)
+    assert np.max(np.diff(knots_y) / np.diff(knots_x)) <= 1 / MIN_SPACING
+    assert np.abs(np.interp(x, knots_x, knots_y) - x).mean() < 0.05  # still calibrates

@@ -1,0 +1,133 @@
+"""Age metrics as NIST's age-estimation evaluation defines them, on a per-sample predictions frame.
+
+The frame has one row per image: `age` (truth), `expected_age`, `subject_id`, attribute columns,
+and where a calibration exists `p_below_<T>`, `block_gate<T>` (the operating-point decision) and
+`interval_low` / `interval_high`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from calibration.metrics import binary_scores
+from evaluation.stats import Estimate, not_measurable, proportion, subject_bootstrap
+
+EXACT_AGES = range(26)
+BUCKETS = [(26, 35), (36, 50), (51, 65), (66, 200)]
+BAND = (13.0, 17.0)  # NIST's child-safety band: true ages 13-16 (years 13.0 to 16.99)
+
+
+def mae(frame: pd.DataFrame) -> Estimate:
+    errors = (frame["expected_age"] - frame["age"]).abs().to_numpy()
+    return subject_bootstrap(lambda rows: float(errors[rows].mean()), frame["subject_id"].to_numpy(), "samples")
+
+
+def error_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """MAE, signed bias, P95 |error| and CS@5 per integer true age 0-25, then per bucket."""
+    frame = frame.assign(error=frame["expected_age"] - frame["age"])
+    groups = [(str(a), frame[np.floor(frame["age"]) == a]) for a in EXACT_AGES]
+    groups += [
+        (f"{lo}-{hi if hi < 200 else '+'}", frame[(frame["age"] >= lo) & (frame["age"] < hi + 1)]) for lo, hi in BUCKETS
+    ]
+    rows = []
+    for label, part in groups:
+        error = part["error"]
+        rows.append(
+            {
+                "true_age": label,
+                "n": len(part),
+                "mae": error.abs().mean() if len(part) else np.nan,
+                "bias": error.mean() if len(part) else np.nan,
+                "p95_abs_error": error.abs().quantile(0.95) if len(part) else np.nan,
+                "cs5": (error.abs() <= 5).mean() if len(part) else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def gate_analysis(frame: pd.DataFrame, gate: float, years_after: int = 8) -> tuple[dict[str, Estimate], pd.DataFrame]:
+    """Pass and false-rejection rates at the operating point, per age year, and at challenge ages T..T+7."""
+    key, metrics, rows = f"gate{gate:g}", {}, []
+    age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
+    minors, adults = age < gate, age >= gate
+    decision = f"block_{key}"
+    if decision in frame:
+        passes = ~frame[decision].to_numpy(dtype=bool)
+        metrics[f"{key}/minor_pass_rate"] = proportion(passes[minors], f"people under {gate:g}")
+        metrics[f"{key}/far_miss_rate"] = proportion(passes[age <= gate - 3], f"people aged {gate - 3:g} or less")
+        metrics[f"{key}/adult_false_rejection"] = proportion(~passes[adults], f"people aged {gate:g} or more")
+        for year in range(0, int(gate) + years_after):
+            in_year = np.floor(age) == year
+            rate = proportion(passes[in_year] if year < gate else ~passes[in_year], f"people aged {year}")
+            rows.append(
+                {
+                    "true_age": year,
+                    "kind": "minor pass" if year < gate else "false rejection",
+                    "rate": rate.value,
+                    "low": rate.low,
+                    "high": rate.high,
+                    "n": rate.n,
+                }
+            )
+    else:
+        metrics[f"{key}/minor_pass_rate"] = not_measurable("no calibration, so no operating point to judge")
+    for challenge in range(int(gate), int(gate) + years_after):
+        passes = predicted >= challenge
+        metrics[f"{key}/challenge{challenge}/minor_pass_rate"] = proportion(passes[minors], f"people under {gate:g}")
+        metrics[f"{key}/challenge{challenge}/adult_false_rejection"] = proportion(
+            ~passes[adults], f"people aged {gate:g} or more"
+        )
+    if minors.any():
+        zero_error = float(np.nextafter(predicted[minors].max(), np.inf))
+        metrics[f"{key}/zero_error_challenge_age"] = Estimate(zero_error, n=int(minors.sum()))
+        # No minor passes at that age in this sample; the rule of three bounds the true rate by 3/n (95%).
+        metrics[f"{key}/zero_error_pass_rate_bound"] = Estimate(3.0 / minors.sum(), n=int(minors.sum()))
+    else:
+        metrics[f"{key}/zero_error_challenge_age"] = not_measurable(f"no people under {gate:g} in this data")
+    probability = f"p_below_{gate:g}"
+    if probability in frame and minors.any() and adults.any():
+        scores = binary_scores(frame[probability].to_numpy(np.float64), minors)
+        metrics[f"{key}/ece"], metrics[f"{key}/brier"] = (
+            Estimate(scores["ece"], n=len(age)),
+            Estimate(scores["brier"], n=len(age)),
+        )
+    return metrics, pd.DataFrame(rows)
+
+
+def band_test(frame: pd.DataFrame) -> dict[str, Estimate]:
+    """NIST 13-16 band: how often 13-16-year-olds are placed in the band, and others wrongly placed in it."""
+    age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
+    inside = (predicted >= BAND[0]) & (predicted < BAND[1])
+    return {
+        "band13_16/tpr": proportion(inside[(age >= BAND[0]) & (age < BAND[1])], "people aged 13-16"),
+        "band13_16/fpr_under13": proportion(inside[age < BAND[0]], "people under 13"),
+        "band13_16/fpr_17plus": proportion(inside[age >= BAND[1]], "people aged 17 or more"),
+    }
+
+
+def interval_metrics(frame: pd.DataFrame, coverage: float) -> dict[str, Estimate]:
+    if "interval_low" not in frame:
+        return {"interval/coverage": not_measurable("no calibration, so no conformal intervals")}
+    inside = ((frame["age"] >= frame["interval_low"]) & (frame["age"] <= frame["interval_high"])).to_numpy()
+    width = (frame["interval_high"] - frame["interval_low"]).to_numpy()
+    name = f"interval{round(coverage * 100)}"
+    return {
+        f"{name}/coverage": proportion(inside, "samples"),
+        f"{name}/width": Estimate(float(width.mean()), n=len(width)),
+    }
+
+
+def age_metrics(frame: pd.DataFrame, gates: list[float], coverage: float) -> tuple[dict[str, Estimate], dict]:
+    metrics: dict[str, Estimate] = {"mae": mae(frame)}
+    errors = frame["expected_age"] - frame["age"]
+    metrics["bias"] = Estimate(float(errors.mean()), n=len(frame))
+    metrics["p95_abs_error"] = Estimate(float(errors.abs().quantile(0.95)), n=len(frame))
+    metrics["cs5"] = proportion((errors.abs() <= 5).to_numpy(), "samples")
+    tables = {"error_by_age": error_table(frame)}
+    for gate in gates:
+        gate_metrics, per_year = gate_analysis(frame, gate)
+        metrics |= gate_metrics
+        tables[f"gate{gate:g}_by_age"] = per_year
+    metrics |= band_test(frame) | interval_metrics(frame, coverage)
+    return metrics, tables

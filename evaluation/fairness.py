@@ -1,0 +1,64 @@
+"""Fairness slices: every headline metric per attribute value and per attribute pair, with flags.
+
+A slice is flagged when its 95% interval excludes the overall value. The disparity ratio
+(largest / smallest slice value of the headline metric) gets a subject-bootstrap interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from evaluation.stats import Estimate, not_measurable, subject_bootstrap
+
+SliceMetric = Callable[[pd.DataFrame], Estimate]
+
+
+def slice_columns(frame: pd.DataFrame, attributes: list[str]) -> list[str]:
+    """Single attributes, then each pair joined as `a x b` (added to the frame as a column)."""
+    present = [a for a in attributes if a in frame.columns]
+    for first, second in combinations(present, 2):
+        frame[f"{first} x {second}"] = frame[first].astype(str) + " / " + frame[second].astype(str)
+    return present + [f"{a} x {b}" for a, b in combinations(present, 2)]
+
+
+def fairness_table(
+    frame: pd.DataFrame, attributes: list[str], metrics: dict[str, SliceMetric], overall: dict[str, Estimate]
+) -> pd.DataFrame:
+    rows = []
+    for column in slice_columns(frame, attributes):
+        for value, part in frame.groupby(column, sort=True):
+            for name, metric in metrics.items():
+                estimate = metric(part) if len(part) else not_measurable("empty slice")
+                reference = overall[name].value if overall[name].measurable else float("nan")
+                rows.append(
+                    {
+                        "attribute": column,
+                        "value": str(value),
+                        "metric": name,
+                        "estimate": estimate.text(),
+                        "value_num": estimate.value,
+                        "low": estimate.low,
+                        "high": estimate.high,
+                        "n": estimate.n,
+                        "flagged": estimate.excludes(reference),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def disparity_ratio(frame: pd.DataFrame, attribute: str, per_rows: Callable[[np.ndarray], float]) -> Estimate:
+    """max/min over the attribute's values of `per_rows(row indices)`, with a subject-bootstrap interval."""
+    if attribute not in frame.columns:
+        return not_measurable(f"the data has no '{attribute}' column")
+    values = frame[attribute].astype(str).to_numpy()
+
+    def ratio(rows: np.ndarray) -> float:
+        levels = [per_rows(rows[values[rows] == v]) for v in np.unique(values[rows])]
+        levels = [v for v in levels if np.isfinite(v)]
+        return max(levels) / min(levels) if len(levels) > 1 and min(levels) > 0 else np.nan
+
+    return subject_bootstrap(ratio, frame["subject_id"].to_numpy(), "samples", n_resamples=300)

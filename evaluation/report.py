@@ -1,0 +1,139 @@
+"""One self-contained HTML report (plots embedded as data URIs, opens offline) and a markdown summary."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from evaluation.stats import Estimate
+
+
+def _png(figure) -> str:
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:
+    figure, axis = plt.subplots(figsize=(4.5, 4.2))
+    axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    for label, (probs, outcome) in curves.items():
+        if outcome.any() and (~outcome).any():
+            observed, predicted = calibration_curve(outcome, probs, n_bins=10, strategy="quantile")
+            axis.plot(predicted, observed, marker="o", markersize=3, label=label)
+    axis.set(xlabel="predicted probability", ylabel="observed frequency", title=title)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def roc_pr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+    figure, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4))
+    for label, (score, positive) in curves.items():
+        if positive.any() and (~positive).any():
+            fpr, tpr, _ = roc_curve(positive, score)
+            precision, recall, _ = precision_recall_curve(positive, score)
+            roc.plot(fpr, tpr, label=label)
+            pr.plot(recall, precision, label=label)
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xscale="log", xlim=(1e-3, 1))
+    pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
+    roc.legend(fontsize=7)
+    return _png(figure)
+
+
+def error_by_age_plot(table: pd.DataFrame) -> str:
+    figure, axis = plt.subplots(figsize=(9, 3.5))
+    axis.bar(table["true_age"], table["mae"], color="#4c72b0", label="MAE")
+    axis.plot(table["true_age"], table["bias"], color="#dd8452", marker="o", markersize=3, label="signed bias")
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set(xlabel="true age (years)", ylabel="years", title="error vs true age")
+    axis.tick_params(axis="x", labelrotation=60, labelsize=7)
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def gate_plot(table: pd.DataFrame, gate: float) -> str:
+    figure, axis = plt.subplots(figsize=(9, 3.5))
+    for kind, colour in (("minor pass", "#c44e52"), ("false rejection", "#4c72b0")):
+        part = table[table["kind"] == kind]
+        axis.plot(part["true_age"], part["rate"], marker="o", markersize=3, color=colour, label=kind)
+        axis.fill_between(part["true_age"], part["low"], part["high"], color=colour, alpha=0.2)
+    axis.axvline(gate, color="grey", linestyle="--", linewidth=1)
+    axis.set(xlabel="true age (years)", ylabel="rate (95% CI band)", title=f"gate {gate:g} at its operating point")
+    axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def group_bars_plot(table: pd.DataFrame, metric: str) -> str:
+    part = table[(table["metric"] == metric) & table["value_num"].notna()]
+    figure, axis = plt.subplots(figsize=(9, 3.8))
+    labels = [f"{a}: {v}" for a, v in zip(part["attribute"], part["value"], strict=True)]
+    values = part["value_num"].to_numpy(float)
+    errors = np.vstack(
+        [
+            values - part["low"].fillna(part["value_num"]).to_numpy(float),
+            part["high"].fillna(part["value_num"]).to_numpy(float) - values,
+        ]
+    )
+    colours = ["#c44e52" if f else "#4c72b0" for f in part["flagged"]]
+    axis.bar(range(len(values)), values, yerr=errors, color=colours, capsize=2)
+    axis.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=7)
+    axis.set(title=f"{metric} per group (red: CI excludes the overall value)")
+    return _png(figure)
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="not measurable", border=0)
+
+
+def write_report(
+    path: Path,
+    title: str,
+    context: list[str],
+    metrics: dict[str, Estimate],
+    sections: dict[str, pd.DataFrame],
+    figures: dict[str, str],
+) -> tuple[Path, Path]:
+    """Write `<path>.html` and `<path>.md`; returns both paths."""
+    metric_rows = pd.DataFrame({"metric": list(metrics), "estimate (95% CI)": [m.text() for m in metrics.values()]})
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<ul>",
+        *[f"<li>{html.escape(c)}</li>" for c in context],
+        "</ul>",
+        "<h2>Headline metrics</h2>",
+        _table_html(metric_rows),
+    ]
+    for name, uri in figures.items():
+        body += [f"<h2>{html.escape(name)}</h2>", f'<img alt="{html.escape(name)}" src="{uri}">']
+    for name, frame in sections.items():
+        body += [f"<h2>{html.escape(name)}</h2>", _table_html(frame)]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
+        "img{max-width:100%}"
+    )
+    html_path = path.with_suffix(".html")
+    html_path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
+    markdown = [f"# {title}", "", *[f"- {c}" for c in context], "", "| metric | estimate (95% CI) |", "|---|---|"]
+    markdown += [f"| {name} | {estimate.text()} |" for name, estimate in metrics.items()]
+    for name, frame in sections.items():
+        markdown += ["", f"## {name}", "", frame.to_markdown(index=False) if len(frame) else "(empty)"]
+    md_path = path.with_suffix(".md")
+    md_path.write_text("\n".join(markdown) + "\n")
+    return html_path, md_path

@@ -1,0 +1,153 @@
+"""Every evaluation metric against an independent reference: scipy, or a brute-force loop."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binomtest
+
+from evaluation.age import age_metrics, band_test, gate_analysis
+from evaluation.content import content_metrics
+from evaluation.fairness import disparity_ratio, fairness_table
+from evaluation.stats import proportion, subject_bootstrap
+
+
+def _age_frame(n=600, seed=0, noise=3.0):
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(0, 40, n)
+    predicted = age + rng.normal(0, noise, n)
+    p_below = 1 / (1 + np.exp(-(18 - predicted) / 2))
+    return pd.DataFrame(
+        {
+            "age": age,
+            "expected_age": predicted,
+            "subject_id": [f"s{i // 2}" for i in range(n)],
+            "p_below_18": p_below,
+            "block_gate18": p_below >= 0.3,
+            "sex": rng.choice(["female", "male"], n),
+            "interval_low": predicted - 5,
+            "interval_high": predicted + 5,
+        }
+    )
+
+
+def test_proportion_interval_is_the_exact_binomial_interval():
+    hits = np.array([True] * 7 + [False] * 93)
+    estimate = proportion(hits, "x")
+    reference = binomtest(7, 100).proportion_ci(0.95, method="exact")
+    assert estimate.value == 0.07
+    assert estimate.low == pytest.approx(reference.low) and estimate.high == pytest.approx(reference.high)
+
+
+def test_gate_analysis_matches_a_brute_force_loop():
+    frame = _age_frame()
+    metrics, per_year = gate_analysis(frame, 18.0)
+    passes = ~frame["block_gate18"].to_numpy()
+    minors = frame["age"].to_numpy() < 18
+    brute_pass = sum(p for p, m in zip(passes, minors, strict=True) if m) / minors.sum()
+    assert metrics["gate18/minor_pass_rate"].value == pytest.approx(brute_pass)
+    far = frame["age"].to_numpy() <= 15
+    assert metrics["gate18/far_miss_rate"].value == pytest.approx(passes[far].mean())
+    assert metrics["gate18/adult_false_rejection"].value == pytest.approx((~passes[~minors]).mean())
+    year20 = np.floor(frame["age"]) == 20
+    row = per_year[per_year["true_age"] == 20].iloc[0]
+    assert row["kind"] == "false rejection" and row["rate"] == pytest.approx((~passes[year20]).mean())
+    challenge = frame["expected_age"].to_numpy() >= 21
+    assert metrics["gate18/challenge21/minor_pass_rate"].value == pytest.approx(challenge[minors].mean())
+    zero = metrics["gate18/zero_error_challenge_age"].value
+    assert not (frame["expected_age"].to_numpy()[minors] >= zero).any()
+    assert metrics["gate18/zero_error_pass_rate_bound"].value == pytest.approx(3 / minors.sum())
+
+
+def test_band_test_matches_brute_force():
+    frame = _age_frame(seed=1)
+    metrics = band_test(frame)
+    age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
+    inside = [13 <= p < 17 for p in predicted]
+    teen = [13 <= a < 17 for a in age]
+    assert metrics["band13_16/tpr"].value == pytest.approx(np.mean([i for i, t in zip(inside, teen, strict=True) if t]))
+    assert metrics["band13_16/fpr_under13"].value == pytest.approx(np.mean(np.array(inside)[age < 13]))
+
+
+def test_metrics_undefined_on_the_data_are_not_measurable_with_a_reason():
+    adults = _age_frame()
+    adults = adults[adults["age"] >= 18]
+    metrics, _ = age_metrics(adults, [18.0], 0.9)
+    assert not metrics["gate18/minor_pass_rate"].measurable
+    assert metrics["gate18/minor_pass_rate"].text() == "not measurable: no people under 18 in this data"
+    assert metrics["gate18/zero_error_challenge_age"].text().startswith("not measurable:")
+
+
+def test_subject_bootstrap_covers_the_truth_at_least_90_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for draw in range(200):
+        subject_effect = rng.normal(0, 1, 60)  # correlated images within a subject
+        errors = np.abs(np.repeat(subject_effect, 3) + rng.normal(0, 1, 180))
+        subjects = np.repeat(np.arange(60), 3)
+        estimate = subject_bootstrap(lambda r, e=errors: float(e[r].mean()), subjects, "x", n_resamples=300, seed=draw)
+        true_mean = np.sqrt(2) * np.sqrt(2 / np.pi)  # E|N(0, 2)|
+        covered += estimate.low <= true_mean <= estimate.high
+    assert covered >= 180
+
+
+def test_content_metrics_match_references():
+    rng = np.random.default_rng(0)
+    n, classes = 900, ["safe", "suggestive", "explicit"]
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3)) + 2.0 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    frame = pd.DataFrame(
+        {
+            "label": labels,
+            "subject_id": [f"s{i // 3}" for i in range(n)],
+            **{f"p_{c}": probs[:, i] for i, c in enumerate(classes)},
+            "unsafe_score": probs[:, 1:].sum(1),
+            "block_recall_explicit": probs[:, 2] >= 0.2,
+        }
+    )
+    metrics, tables = content_metrics(frame, classes, ["suggestive", "explicit"], base_rate=0.005)
+    positives, negatives = probs[labels == 2, 2], probs[labels != 2, 2]
+    brute_auc = np.mean([[p > q for q in negatives] for p in positives])
+    assert metrics["explicit/auroc"].value == pytest.approx(brute_auc, abs=1e-6)
+    assert metrics["accuracy"].value == pytest.approx((probs.argmax(1) == labels).mean())
+    flagged = probs[:, 2] >= 0.2
+    recall, fpr = flagged[labels == 2].mean(), flagged[labels != 2].mean()
+    assert metrics["recall_explicit/recall"].value == pytest.approx(recall)
+    assert metrics["recall_explicit/precision_at_base_rate"].value == pytest.approx(
+        recall * 0.005 / (recall * 0.005 + fpr * 0.995)
+    )
+    assert tables["confusion_matrix"].to_numpy().sum() == n
+    unsafe = labels > 0
+    threshold_fpr = [
+        ((probs[:, 1:].sum(1) >= t) & ~unsafe).sum() / (~unsafe).sum() for t in np.sort(probs[:, 1:].sum(1))
+    ]
+    assert metrics["unsafe/fpr_at_recall0.95"].value <= max(threshold_fpr)
+
+
+def test_fairness_flags_an_injected_disparity_and_not_parity():
+    frame = _age_frame(n=2000, seed=3)
+    frame.loc[frame["sex"] == "male", "expected_age"] += 4.0  # males are read as 4 years older
+    frame["block_gate18"] = frame["expected_age"] < 18
+    functions = {
+        "gate18/minor_pass_rate": lambda f: proportion(
+            ~f["block_gate18"].to_numpy()[f["age"].to_numpy() < 18], "minors"
+        )
+    }
+    overall = {name: fn(frame) for name, fn in functions.items()}
+    table = fairness_table(frame, ["sex"], functions, overall)
+    assert table.set_index("value").loc["male", "flagged"]
+    fair = _age_frame(n=2000, seed=4)
+    fair["block_gate18"] = fair["expected_age"] < 18
+    table = fairness_table(fair, ["sex"], functions, {n: fn(fair) for n, fn in functions.items()})
+    assert not table["flagged"].any()
+
+
+def test_disparity_ratio_has_an_interval_around_the_true_ratio():
+    frame = _age_frame(n=1200, seed=5)
+    frame.loc[frame["sex"] == "male", "expected_age"] += np.random.default_rng(0).normal(
+        0, 6, (frame["sex"] == "male").sum()
+    )
+    errors = (frame["expected_age"] - frame["age"]).abs().to_numpy()
+    estimate = disparity_ratio(frame, "sex", lambda rows: float(errors[rows].mean()))
+    assert estimate.low <= estimate.value <= estimate.high and estimate.value > 1.3
+    assert disparity_ratio(frame, "skin_tone_bin", lambda rows: 1.0).text().startswith("not measurable")
