@@ -126,9 +126,15 @@ def write_report(
         "img{max-width:100%}"
     )
     html_path = path.with_suffix(".html")
+    # A self-check a headless browser can read back: how many embedded images actually decoded.
+    check = (
+        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
+        "document.body.dataset.imagesTotal=i.length;"
+        "document.body.dataset.imagesLoaded=i.filter(x=>x.complete&&x.naturalWidth>0).length;});</script>"
+    )
     html_path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+        f"<style>{style}</style>{check}</head><body>{''.join(body)}</body></html>"
     )
     markdown = [f"# {title}", "", *[f"- {c}" for c in context], "", "| metric | estimate (95% CI) |", "|---|---|"]
     markdown += [f"| {name} | {estimate.text()} |" for name, estimate in metrics.items()]

@@ -23,6 +23,7 @@ def stage_arguments(cfg: DictConfig, stage: str) -> list[str]:
     base = {
         "train": [f"experiment={cfg.experiment_name}"],
         "calibrate": [f"train_task={cfg.experiment_name}"],
+        "evaluate": [f"train_task={cfg.experiment_name}"],
         "export": [f"train_task={cfg.experiment_name}"],
         "promote": [f"model_name=childsafe-{cfg.experiment_name}"],
     }[stage]

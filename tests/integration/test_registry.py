@@ -65,11 +65,11 @@ def test_pipeline_runs_stages_in_order_and_resumes_after_a_failure(tmp_path, sha
     )
     with pytest.raises(Exception, match=r"Stage 'export' of experiment age_synthetic failed.*resumes at 'export'"):
         pipeline_module.pipeline(cfg)
-    assert calls == ["train", "calibrate", "export"]
+    assert calls == ["train", "calibrate", "evaluate", "export"]
 
     failing.clear()
     calls.clear()
-    assert pipeline_module.pipeline(cfg) == ["train", "calibrate", "export", "promote"]
+    assert pipeline_module.pipeline(cfg) == ["train", "calibrate", "evaluate", "export", "promote"]
     assert calls == ["export", "promote"]  # resumed after the last completed stage
     arguments = pipeline_module.stage_arguments(cfg, "train")
     assert arguments[:2] == ["experiment=age_synthetic", f"paths.log_dir={cfg.paths.log_dir}"]

@@ -6,14 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import compose_stage
 from mlflow import MlflowClient
 
 from calibration.state import CalibrationState
-from export.parity import reference_outputs
 from runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
+from scripts.evaluate import evaluate
 from scripts.export import export
 from scripts.train import train
 from tracking.errors import WorkbenchError
@@ -115,19 +116,74 @@ def test_export_publishes_a_registered_bundle_the_consumer_agrees_with(trained, 
     export_run = client.get_run(version.run_id)
     assert export_run.data.tags["stage"] == "export" and export_run.info.status == "FINISHED"
 
-    # The consumer's decisions on the test split equal the calibrated PyTorch model's, outside the ε-band.
+    # The consumer's decisions on the test split equal the evaluation stage's per-sample decisions.
+    evaluation = compose_stage("evaluate", root, shared_cache, "train_task=content_synthetic")
+    evaluate(evaluation)
+    predictions = pd.read_parquet(Path(evaluation.paths.output_dir) / "predictions.parquet")
     calibration_run = client.get_run(export_run.data.tags["mlflow.parentRunId"])
-    state_file = client.download_artifacts(calibration_run.info.run_id, "calibration/calibration_state.json", str(root))
-    state = CalibrationState.load(Path(state_file))
     trained_run = resolve_trained_run(calibration_run.data.tags["mlflow.parentRunId"], None, root / "dl")
-    module, datamodule = trained_run.load_model(), trained_run.datamodule()
+    datamodule = trained_run.datamodule()
     rows = datamodule.split_manifest("test")
-    images = np.asarray(datamodule.load().images[rows.index.to_numpy()])
-    reference = reference_outputs(module, state, images, 0.9)
-    records = Filter(bundle).run(images)
-    thresholds = np.array([p.threshold for p in state.operating_points])
-    outside = np.abs(reference["scores"] - thresholds) > 1e-5
-    for column, point in enumerate(state.operating_points):
-        consumer = np.array([r["decisions"][point.name] for r in records])
-        expected = reference["scores"][:, column] >= thresholds[column]
-        assert np.array_equal(consumer[outside[:, column]], expected[outside[:, column]])
+    assert predictions["id"].tolist() == rows["id"].tolist()
+    records = Filter(bundle).run(np.asarray(datamodule.load().images[rows.index.to_numpy()]))
+    for point in contract["operating_points"]:
+        score = (
+            predictions["unsafe_score"]
+            if point["score"]["output"] == "unsafe_score"
+            else predictions[f"p_{contract['labels']['classes'][point['score']['column']]}"]
+        ).to_numpy()
+        outside = np.abs(score - point["threshold"]) > 1e-5
+        consumer = np.array([r["decisions"][point["name"]] for r in records])
+        assert np.array_equal(consumer[outside], predictions[f"block_{point['name']}"].to_numpy()[outside])
+
+
+def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_cache):
+    root, _ = trained
+    calibrate(_calibrate(trained, shared_cache, "train_task=age_synthetic", "calibration.age.max_minor_pass_rate=0.1"))
+    cfg = compose_stage("evaluate", root, shared_cache, "train_task=age_synthetic")
+    numbers = evaluate(cfg)
+    output = Path(cfg.paths.output_dir)
+    predictions = pd.read_parquet(output / "predictions.parquet")
+    assert {
+        "id",
+        "subject_id",
+        "age",
+        "sex",
+        "skin_tone_bin",
+        "expected_age",
+        "p_below_18",
+        "interval_low",
+        "block_gate18",
+    } <= set(predictions.columns)
+    assert numbers["test/age/mae"] == pytest.approx((predictions["expected_age"] - predictions["age"]).abs().mean())
+    assert numbers["test/age/mae_ci_low"] <= numbers["test/age/mae"] <= numbers["test/age/mae_ci_high"]
+    html = (output / "report.html").read_text()
+    assert "SYNTHETIC" in html and html.count("data:image/png;base64,") >= 4
+    assert "<img" in html and "http" not in html.split("<body>")[1]  # self-contained: nothing to fetch
+    robustness = pd.read_csv(output / "robustness.csv")
+    assert set(robustness["perturbation"]) == {
+        "gaussian_blur_sigma1.5",
+        "jpeg_quality20",
+        "low_light_x0.35",
+        "sensor_noise_sigma15",
+        "occlusion_30pct",
+    }
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.stage = 'evaluate' and tags.task = 'age'"
+    )
+    assert runs and runs[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "evaluation")} >= {
+        "evaluation/report.html",
+        "evaluation/predictions.parquet",
+    }
+
+
+def test_evaluate_a_missing_split_is_named(trained, shared_cache):
+    root, _ = trained
+    with pytest.raises(WorkbenchError, match=r"split=holdout has no rows"):
+        evaluate(
+            compose_stage(
+                "evaluate", root, shared_cache, "train_task=age_synthetic", "split=holdout", "calibration_run=null"
+            )
+        )

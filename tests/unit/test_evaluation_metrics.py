@@ -151,3 +151,16 @@ def test_disparity_ratio_has_an_interval_around_the_true_ratio():
     estimate = disparity_ratio(frame, "sex", lambda rows: float(errors[rows].mean()))
     assert estimate.low <= estimate.value <= estimate.high and estimate.value > 1.3
     assert disparity_ratio(frame, "skin_tone_bin", lambda rows: 1.0).text().startswith("not measurable")
+
+
+def test_comparison_deltas_say_whether_their_interval_excludes_zero():
+    from scripts.compare import comparison_table
+
+    base = {"test/age/mae": 3.0, "test/age/mae_ci_low": 2.9, "test/age/mae_ci_high": 3.1, "train/x": 1.0}
+    close = {"test/age/mae": 3.05, "test/age/mae_ci_low": 2.95, "test/age/mae_ci_high": 3.15}
+    far = {"test/age/mae": 3.6, "test/age/mae_ci_low": 3.5, "test/age/mae_ci_high": 3.7}
+    table = comparison_table([base, close, far], ["a", "b", "c"], ["test/"]).set_index("metric")
+    assert list(table.index) == ["test/age/mae"]
+    assert table.loc["test/age/mae", "delta c"] == pytest.approx(0.6)
+    assert table.loc["test/age/mae", "CI excludes 0 b"] is False or not table.loc["test/age/mae", "CI excludes 0 b"]
+    assert table.loc["test/age/mae", "CI excludes 0 c"]
