@@ -15,7 +15,7 @@ import lightning as L
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
@@ -111,6 +111,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     model = instantiate(cfg.model)
+    if resume is not None and cfg.callbacks.get("model_checkpoint"):
+        # Keep checkpointing where the interrupted run did, so its best score and paths carry over.
+        with open_dict(cfg):
+            cfg.callbacks.model_checkpoint.dirpath = str(resume.checkpoint.parent)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
 
