@@ -17,7 +17,10 @@ STAGES = {
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
     "bench": ("scripts.bench", "time an exported bundle on onnxruntime against PyTorch eager"),
-    "pipeline": ("scripts.pipeline", "train, calibrate, export and promote one experiment, resuming where it stopped"),
+    "pipeline": (
+        "scripts.pipeline",
+        "train, calibrate, evaluate, export, promote one experiment; resumes where it stopped",
+    ),
 }
 
 USAGE = """usage: childsafe <stage> [hydra overrides ...]
