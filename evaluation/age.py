@@ -41,6 +41,7 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "bias": error.mean() if len(part) else np.nan,
                 "p95_abs_error": error.abs().quantile(0.95) if len(part) else np.nan,
                 "cs5": (error.abs() <= 5).mean() if len(part) else np.nan,
+                "interval_coverage": interval_coverage(part).value if len(part) else np.nan,
             }
         )
     return pd.DataFrame(rows)
@@ -106,16 +107,21 @@ def band_test(frame: pd.DataFrame) -> dict[str, Estimate]:
     }
 
 
-def interval_metrics(frame: pd.DataFrame, coverage: float) -> dict[str, Estimate]:
+def interval_coverage(frame: pd.DataFrame) -> Estimate:
+    """Share of true ages inside their conformal interval (the fairness slices reuse it per group)."""
     if "interval_low" not in frame:
-        return {"interval/coverage": not_measurable("no calibration, so no conformal intervals")}
+        return not_measurable("no calibration, so no conformal intervals")
     inside = ((frame["age"] >= frame["interval_low"]) & (frame["age"] <= frame["interval_high"])).to_numpy()
-    width = (frame["interval_high"] - frame["interval_low"]).to_numpy()
+    return proportion(inside, "samples")
+
+
+def interval_metrics(frame: pd.DataFrame, coverage: float) -> dict[str, Estimate]:
     name = f"interval{round(coverage * 100)}"
-    return {
-        f"{name}/coverage": proportion(inside, "samples"),
-        f"{name}/width": Estimate(float(width.mean()), n=len(width)),
-    }
+    metrics = {f"{name}/coverage": interval_coverage(frame)}
+    if "interval_low" in frame:
+        width = (frame["interval_high"] - frame["interval_low"]).to_numpy()
+        metrics[f"{name}/width"] = Estimate(float(width.mean()), n=len(width))
+    return metrics
 
 
 def age_metrics(frame: pd.DataFrame, gates: list[float], coverage: float) -> tuple[dict[str, Estimate], dict]:

@@ -62,6 +62,12 @@ def content_metrics(
         metrics[f"{name}/auroc"] = Estimate(float(roc_auc_score(positive, probs[:, index])), n=len(labels))
         metrics[f"{name}/pr_auc"] = Estimate(float(average_precision_score(positive, probs[:, index])), n=len(labels))
 
+    per_class_pr = [metrics[f"{c}/pr_auc"].value for c in classes if f"{c}/pr_auc" in metrics]
+    metrics["macro_pr_auc"] = (
+        Estimate(float(np.mean(per_class_pr)), n=len(labels))
+        if len(per_class_pr) == len(classes)
+        else not_measurable("PR-AUC needs every class present")
+    )
     unsafe = np.isin(np.asarray(classes)[labels], unsafe_classes)
     score = frame["unsafe_score"].to_numpy(np.float64)
     if unsafe.any() and (~unsafe).any():

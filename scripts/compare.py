@@ -41,12 +41,17 @@ def compare(cfg: DictConfig) -> pd.DataFrame:
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient(default_tracking_uri())
-    runs = []
-    for run_id in cfg.runs:
-        try:
-            runs.append(client.get_run(str(run_id)))
-        except MlflowException as error:
-            raise WorkbenchError(f"compare: no MLflow run {run_id} in {default_tracking_uri()}.") from error
+    wanted = [str(r) for r in cfg.runs]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    quoted = ", ".join(f"'{r}'" for r in wanted)
+    try:
+        found = {r.info.run_id: r for r in client.search_runs(experiments, f"attributes.run_id IN ({quoted})")}
+    except MlflowException as error:
+        raise WorkbenchError(f"compare: cannot search runs in {default_tracking_uri()}: {error}") from error
+    missing = [r for r in wanted if r not in found]
+    if missing:
+        raise WorkbenchError(f"compare: no MLflow run {', '.join(missing)} in {default_tracking_uri()}.")
+    runs = [found[r] for r in wanted]
     names = [f"{r.info.run_name or r.info.run_id[:8]}" for r in runs]
     table = comparison_table([r.data.metrics for r in runs], names, list(cfg.prefixes))
     view = Table(title="run comparison (first run is the baseline)")

@@ -16,7 +16,7 @@ from calibration.age import AgeCalibration, GateCalibration
 from calibration.content import ContentCalibration
 from calibration.state import CalibrationState
 from evaluation import report
-from evaluation.age import age_metrics, mae
+from evaluation.age import age_metrics, interval_coverage, mae
 from evaluation.content import content_metrics
 from evaluation.fairness import disparity_ratio, fairness_table
 from evaluation.robustness import PERTURBATIONS
@@ -64,6 +64,13 @@ def headline_functions(state: CalibrationState) -> dict:
     """The metrics fairness slicing and robustness repeat, as functions of a predictions frame."""
     if state.task == "age":
         functions = {"mae": mae}
+        if state.age.intervals:
+            functions["interval_coverage"] = interval_coverage
+        for gate in (g.gate for g in state.age.gates):
+            # Predicted age >= T lets a person through at challenge age T: no threshold absorbs a group's shift.
+            functions[f"gate{gate:g}/challenge{gate:g}/minor_pass_rate"] = lambda f, g=gate: proportion(
+                f["expected_age"].to_numpy()[f["age"].to_numpy() < g] >= g, "minors"
+            )
         for point in state.operating_points:
             gate = float(point.name.removeprefix("gate"))
             functions[f"{point.name}/minor_pass_rate"] = lambda f, g=gate, c=f"block_{point.name}": proportion(

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from calibration.state import CalibrationState
 from runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
+from scripts.compare import compare
 from scripts.evaluate import evaluate
 from scripts.export import export
 from scripts.train import train
@@ -187,3 +188,17 @@ def test_evaluate_a_missing_split_is_named(trained, shared_cache):
                 "evaluate", root, shared_cache, "train_task=age_synthetic", "split=holdout", "calibration_run=null"
             )
         )
+
+
+def test_compare_tabulates_two_runs_with_deltas(trained, shared_cache):
+    root, _ = trained
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'train'")
+    assert len(runs) >= 2  # the module's age and content runs
+    ids = [runs[0].info.run_id, runs[1].info.run_id]
+    cfg = compose_stage("compare", root, shared_cache, f"runs=[{ids[0]},{ids[1]}]")
+    table = compare(cfg)
+    assert len(table) > 0 and any(c.startswith("delta ") for c in table.columns)
+    assert (Path(cfg.paths.output_dir) / "comparison.html").exists()
+    with pytest.raises(WorkbenchError, match="no MLflow run deadbeef"):
+        compare(compose_stage("compare", root, shared_cache, f"runs=[{ids[0]},deadbeef]"))

@@ -164,3 +164,26 @@ def test_comparison_deltas_say_whether_their_interval_excludes_zero():
     assert table.loc["test/age/mae", "delta c"] == pytest.approx(0.6)
     assert table.loc["test/age/mae", "CI excludes 0 b"] is False or not table.loc["test/age/mae", "CI excludes 0 b"]
     assert table.loc["test/age/mae", "CI excludes 0 c"]
+
+
+def test_error_table_and_interval_coverage_match_brute_force():
+    from evaluation.age import error_table, interval_metrics
+
+    frame = _age_frame(seed=6)
+    table = error_table(frame).set_index("true_age")
+    ten = frame[np.floor(frame["age"]) == 10]
+    errors = ten["expected_age"] - ten["age"]
+    assert table.loc["10", "n"] == len(ten)
+    assert table.loc["10", "mae"] == pytest.approx(errors.abs().mean())
+    assert table.loc["10", "bias"] == pytest.approx(errors.mean())
+    assert table.loc["10", "cs5"] == pytest.approx((errors.abs() <= 5).mean())
+    assert table.loc["10", "p95_abs_error"] == pytest.approx(np.percentile(errors.abs(), 95))
+    inside = [
+        lo <= a <= hi for a, lo, hi in zip(frame["age"], frame["interval_low"], frame["interval_high"], strict=True)
+    ]
+    assert interval_metrics(frame, 0.9)["interval90/coverage"].value == pytest.approx(np.mean(inside))
+    assert (
+        interval_metrics(frame.drop(columns=["interval_low", "interval_high"]), 0.9)["interval90/coverage"]
+        .text()
+        .startswith("not measurable")
+    )
