@@ -217,3 +217,35 @@ def test_int8_is_measured_and_either_kept_or_refused_with_numbers(tmp_path):
     assert contract["precision"] == ("int8" if quantization["kept"] else "fp32")
     assert not (bundle / "model.int8.onnx").exists()
     Filter(bundle)  # whichever graph was kept, the bundle verifies and loads
+
+
+def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
+    import json
+
+    import cv2
+
+    from runtime.consumer import KOfNSmoother, stream_decisions
+
+    bundle, contract = _export_and_consume(tmp_path, *_content_case("small_cnn"))
+    video = tmp_path / "stream.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (SIZE, SIZE))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        writer.write(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    writer.release()
+    records = list(stream_decisions(Filter(bundle), video))
+    assert [r["frame"] for r in records] == list(range(6))
+    assert {r["source"] for r in records} == {str(video)}
+    # Replaying the per-frame decisions through a fresh k-of-n smoother gives the stream's smoothed decisions.
+    smoothing = contract["runtime"]["smoothing"]
+    replay = KOfNSmoother(smoothing["k"], smoothing["n"])
+    assert [replay.update(r["decisions"]) for r in records] == [r["smoothed"] for r in records]
+    json.dumps(records)  # every record is plain JSON
+
+
+def test_k_of_n_smoothing_holds_only_after_k_of_the_last_n_frames():
+    from runtime.consumer import KOfNSmoother
+
+    smoother = KOfNSmoother(k=2, n=3)
+    decided = [smoother.update({"block": value})["block"] for value in (True, False, True, False, False, True)]
+    assert decided == [False, False, True, True, False, False]
