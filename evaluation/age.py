@@ -42,6 +42,9 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "p95_abs_error": error.abs().quantile(0.95) if len(part) else np.nan,
                 "cs5": (error.abs() <= 5).mean() if len(part) else np.nan,
                 "interval_coverage": interval_coverage(part).value if len(part) else np.nan,
+                "interval_width": (part["interval_high"] - part["interval_low"]).mean()
+                if "interval_low" in part and len(part)
+                else np.nan,
             }
         )
     return pd.DataFrame(rows)

@@ -202,3 +202,27 @@ def test_compare_tabulates_two_runs_with_deltas(trained, shared_cache):
     assert (Path(cfg.paths.output_dir) / "comparison.html").exists()
     with pytest.raises(WorkbenchError, match="no MLflow run deadbeef"):
         compare(compose_stage("compare", root, shared_cache, f"runs=[{ids[0]},deadbeef]"))
+
+
+def test_temperature_rescues_an_overconfident_content_model(trained, shared_cache):
+    """The trained content model with its logits scaled up 5x: temperature halves test ECE, accuracy unchanged."""
+    from calibration.fit import calibrate_content
+    from models.predict import predict
+
+    root, _ = trained
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        "tags.stage = 'train' and tags.task = 'content_synthetic'",
+    )[0]
+    trained_run = resolve_trained_run(run.info.run_id, None, root / "overconfident")
+    model, datamodule = trained_run.load_model(), trained_run.datamodule()
+    calib, test = (predict(model, datamodule.dataset(split)) for split in ("calib", "test"))
+    for outputs in (calib, test):
+        outputs["logits"] = outputs["logits"] * 5.0
+    settings = compose_stage("calibrate", root, shared_cache, "calibration.content.min_recall=0.9").calibration
+    result = calibrate_content(calib, test, list(model.hparams.classes), settings, 0.95, root / "figures")
+    metrics = result.metrics
+    assert result.content.temperature > 1.5
+    assert metrics["test/content/ece_after"] <= 0.5 * metrics["test/content/ece_before"]
+    assert metrics["test/content/accuracy_after"] == metrics["test/content/accuracy_before"]
