@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,14 @@ class TrainedRun:
     def load_model(self):
         """Load the LightningModule with `weights_only=True`: a checkpoint never runs code."""
         module_class = get_class(self.config.model._target_)
-        return module_class.load_from_checkpoint(self.checkpoint, map_location="cpu", weights_only=True)
+        try:
+            return module_class.load_from_checkpoint(self.checkpoint, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise WorkbenchError(
+                f"checkpoint={self.checkpoint} holds a pickled object outside the safe allow-list (tensors, "
+                "numbers, strings, lists and dicts), so it was not loaded: unpickling it could run code. "
+                f"Use a checkpoint written by `childsafe train`. Detail: {str(error).splitlines()[-1][:300]}"
+            ) from error
 
     def datamodule(self):
         return instantiate(self.config.data)

@@ -226,3 +226,20 @@ def test_temperature_rescues_an_overconfident_content_model(trained, shared_cach
     assert result.content.temperature > 1.5
     assert metrics["test/content/ece_after"] <= 0.5 * metrics["test/content/ece_before"]
     assert metrics["test/content/accuracy_after"] == metrics["test/content/accuracy_before"]
+
+
+def test_a_checkpoint_with_an_unexpected_pickled_object_is_refused(trained, tmp_path):
+    import torch
+    from helpers import Payload
+
+    root, _ = trained
+    original = next((root / "outputs" / "age_synthetic").rglob("last.ckpt"))
+    run_dir = tmp_path / "runs" / "tampered"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config_resolved.yaml").write_text((original.parent.parent / "config_resolved.yaml").read_text())
+    checkpoint = torch.load(original, map_location="cpu", weights_only=True)
+    checkpoint["extra"] = Payload()
+    torch.save(checkpoint, run_dir / "checkpoints" / "last.ckpt")
+    trained_run = resolve_trained_run(None, str(run_dir / "checkpoints" / "last.ckpt"), tmp_path)
+    with pytest.raises(WorkbenchError, match=r"pickled object outside the safe allow-list"):
+        trained_run.load_model()

@@ -13,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from scripts.train import RUN_RECORD, train
+from tracking.errors import WorkbenchError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,3 +139,18 @@ def test_cli_config_error_exits_2_with_a_readable_message(tmp_path):
     assert done.returncode == 2
     assert "model.backbone.nmae" in done.stderr and "Did you mean model.backbone.name?" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_nan_loss_stops_the_run_within_the_step_and_marks_it_failed(compose_train, tracking_uri):
+    cfg = compose_train(
+        "experiment=age_synthetic",
+        "debug=smoke",
+        "+callbacks.poison._target_=helpers.PoisonWeights",
+        "+callbacks.poison.batch=2",
+    )
+    with pytest.raises(WorkbenchError, match=r"training loss became nan at global step 2 \(epoch 0, batch 2"):
+        train(cfg)
+    _, run = _only_run(tracking_uri)
+    assert run.info.status == "FAILED"
+    checkpoints = list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
+    assert checkpoints == []  # nothing was saved from the poisoned step

@@ -1,0 +1,41 @@
+"""Training guards: stop at the first non-finite loss or gradient, before it reaches the weights."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from tracking.errors import WorkbenchError
+
+
+class FiniteGuard(L.Callback):
+    """Raises within the step where a loss or gradient stops being finite, naming the step and the rows.
+
+    Checked before the optimizer step, so the weights (and any checkpoint written later) never hold
+    NaN; the run then ends FAILED in MLflow with this message.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.batch_idx = -1
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.rows, self.batch_idx = batch["position"][:16].tolist(), batch_idx
+
+    def _stop(self, trainer: L.Trainer, what: str) -> None:
+        raise WorkbenchError(
+            f"{what} at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {self.batch_idx}; "
+            f"first manifest rows of the batch: {self.rows}). Training stopped before the weights were updated; "
+            "lower model.optimizer.lr, check these images and labels, or resume from the last checkpoint."
+        )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            self._stop(trainer, f"The training loss became {loss.detach().float().item()}")
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        if not named or torch.isfinite(torch.stack([g.detach().float().norm() for _, g in named]).sum()):
+            return  # one device sync per step; the per-parameter search below runs only on failure
+        culprit = next(name for name, g in named if not torch.isfinite(g).all())
+        self._stop(trainer, f"The gradient of {culprit} became non-finite")
