@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
 import torch
 
@@ -39,3 +42,30 @@ class FiniteGuard(L.Callback):
             return  # one device sync per step; the per-parameter search below runs only on failure
         culprit = next(name for name, g in named if not torch.isfinite(g).all())
         self._stop(trainer, f"The gradient of {culprit} became non-finite")
+
+
+class InterruptionCheckpoint(L.Callback):
+    """On SIGTERM (pre-emption) or Ctrl-C, write `last.ckpt` atomically and remember why the run stopped.
+
+    Lightning turns SIGTERM into an exception at the end of a training batch, so the saved state is
+    a consistent one; the train stage then marks the MLflow run KILLED with this reason.
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.reason = "SIGTERM (pre-emption)"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.reason = "SIGINT (Ctrl-C)"
+        else:
+            return
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.dirpath:
+            target = Path(checkpoint.dirpath) / "last.ckpt"
+            staging = target.with_name(".last.ckpt.partial")
+            trainer.save_checkpoint(staging)
+            os.replace(staging, target)  # a kill during the save never leaves a corrupt last.ckpt

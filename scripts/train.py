@@ -7,6 +7,7 @@ from the config, fit, test the best checkpoint, and log what a reviewer needs to
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,10 @@ import lightning as L
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from models.guards import InterruptionCheckpoint
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
@@ -102,6 +105,20 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
 
 
+def record_interruption(trainer: L.Trainer, logger: MLFlowLogger | None, error: BaseException) -> None:
+    """Pre-emption or Ctrl-C ends the MLflow run KILLED with its reason; a crash ends it FAILED with a summary."""
+    if logger is None:
+        return
+    reasons = [c.reason for c in trainer.callbacks if isinstance(c, InterruptionCheckpoint) and c.reason]
+    client, run_id = logger.experiment, logger.run_id
+    if reasons:
+        client.set_tag(run_id, "killed.reason", reasons[0])
+        client.set_terminated(run_id, "KILLED")
+    else:
+        client.set_tag(run_id, "failure", f"{type(error).__name__}: {error}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -126,7 +143,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             record_origin(logger, cfg, datamodule, output_dir)
 
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
+    except BaseException as error:
+        record_interruption(trainer, logger, error)
+        if isinstance(error, SIGTERMException):  # a SystemExit without a code would exit 0
+            raise SystemExit(128 + signal.SIGTERM) from error
+        raise
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started
     if cfg.test:

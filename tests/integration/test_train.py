@@ -152,5 +152,35 @@ def test_a_nan_loss_stops_the_run_within_the_step_and_marks_it_failed(compose_tr
         train(cfg)
     _, run = _only_run(tracking_uri)
     assert run.info.status == "FAILED"
+    assert run.data.tags["failure"].startswith("WorkbenchError: The training loss became nan")
     checkpoints = list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
     assert checkpoints == []  # nothing was saved from the poisoned step
+
+
+def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_uri, shared_cache):
+    import signal
+
+    command = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        "experiment=content_synthetic",
+        "debug=smoke",
+        "trainer.max_epochs=400",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.cache_dir={shared_cache}",
+    ]
+    log = tmp_path / "stderr.txt"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    deadline = time.monotonic() + 90
+    while not list((tmp_path / "outputs").rglob(RUN_RECORD)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(4)  # well into training
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    _, run = _only_run(tracking_uri)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["killed.reason"] == "SIGTERM (pre-emption)"
+    assert list((tmp_path / "outputs").rglob("last.ckpt"))
