@@ -87,10 +87,12 @@ def materialise(
         manifest["licence"] = generator.licence
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         del images
-        if directory.exists():  # a concurrent run rendered the same config first
-            shutil.rmtree(staging)
-        else:
+        try:
             os.replace(staging, directory)
+        except OSError:
+            if not (directory / "manifest.parquet").exists():
+                raise
+            shutil.rmtree(staging)  # a concurrent run rendered the same config first: use theirs
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

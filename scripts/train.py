@@ -24,8 +24,8 @@ from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     check_tracking_uri,
-    default_artifact_root,
     default_tracking_uri,
+    ensure_experiment,
     flatten,
     log_dataset_inputs,
     origin_tags,
@@ -68,12 +68,10 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | 
         return None
     uri = default_tracking_uri()
     check_tracking_uri(uri)
-    experiment = cfg.logger.mlflow.experiment_name
-    root = default_artifact_root(uri)
+    ensure_experiment(uri, cfg.logger.mlflow.experiment_name)  # the logger then finds it, never races to create it
     return instantiate(
         cfg.logger.mlflow,
         tracking_uri=uri,
-        artifact_location=f"{root}/{experiment}" if root else None,
         run_id=resume.mlflow_run_id if resume else None,
         tags=origin_tags() | {"task": cfg.task_name, "stage": "train"},
     )

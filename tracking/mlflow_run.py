@@ -131,6 +131,35 @@ def log_dataset_inputs(
 
 
 @contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise schema creation and experiment creation on a SQLite store across processes.
+
+    Several runs started at once against a fresh store otherwise race on MLflow's migrations
+    ("database is locked") and on creating the same experiment (a unique-name conflict).
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=120):
+        yield
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """The experiment's id, creating the store and the experiment first if needed (safe under concurrency)."""
+    from mlflow import MlflowClient
+
+    with _store_lock(uri):
+        client = MlflowClient(uri)
+        existing = client.get_experiment_by_name(name)
+        if existing is not None:
+            return existing.experiment_id
+        root = default_artifact_root(uri)
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+
+
+@contextmanager
 def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -> Iterator[tuple[Any, str]]:
     """An MLflow run for a stage after training, nested under the run it read; FAILED if the stage raises."""
     from mlflow import MlflowClient
@@ -142,14 +171,7 @@ def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -
     if parent_run_id:
         experiment_id = client.get_run(parent_run_id).info.experiment_id
     else:
-        name = f"childsafe-{stage}"
-        existing = client.get_experiment_by_name(name)
-        root = default_artifact_root(uri)
-        experiment_id = (
-            existing.experiment_id
-            if existing
-            else client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-        )
+        experiment_id = ensure_experiment(uri, f"childsafe-{stage}")
     tags = origin_tags() | {"stage": stage, "task": task, MLFLOW_RUN_NAME: run_name}
     if parent_run_id:
         tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "lineage.parent_run_id": parent_run_id}

@@ -184,3 +184,26 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_u
     assert run.info.status == "KILLED"
     assert run.data.tags["killed.reason"] == "SIGTERM (pre-emption)"
     assert list((tmp_path / "outputs").rglob("last.ckpt"))
+
+
+def test_four_runs_started_at_once_on_one_sqlite_store_all_finish(tmp_path, tracking_uri):
+    """Fresh store and fresh cache: the runs race on MLflow's schema, the experiment and the render."""
+    command = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        "experiment=content_synthetic",
+        "debug=smoke",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    logs = [tmp_path / f"run{i}.log" for i in range(4)]
+    processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.wait(timeout=300) == 0, log.read_text()[-2000:]
+    client = MlflowClient(tracking_uri)
+    runs = [r for e in client.search_experiments() for r in client.search_runs(e.experiment_id)]
+    assert len(runs) == 4 and len({r.info.run_id for r in runs}) == 4
+    assert all(r.info.status == "FINISHED" and "test/content/accuracy" in r.data.metrics for r in runs)
+    assert len(list((tmp_path / "cache").glob("synthetic-content-*"))) == 1
