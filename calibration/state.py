@@ -9,6 +9,7 @@ from pathlib import Path
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
 from calibration.operating_points import OperatingPoint
+from tracking.errors import WorkbenchError
 
 SCHEMA_VERSION = 1
 
@@ -32,8 +33,18 @@ class CalibrationState:
         return path
 
     @classmethod
-    def from_json(cls, text: str) -> CalibrationState:
-        data = json.loads(text)
+    def from_json(cls, text: str, source: str = "calibration state") -> CalibrationState:
+        """Parse the JSON `childsafe calibrate` writes; anything else raises a WorkbenchError naming the problem."""
+        try:
+            return cls._parse(json.loads(text))
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
+            raise WorkbenchError(
+                f"{source} is not a calibration state written by `childsafe calibrate` "
+                f"({type(error).__name__}: {error}). Re-run the calibrate stage."
+            ) from error
+
+    @classmethod
+    def _parse(cls, data: dict) -> CalibrationState:
         if data.get("content"):
             data["content"] = ContentCalibration(**data["content"])
         if data.get("age"):
@@ -46,4 +57,4 @@ class CalibrationState:
 
     @classmethod
     def load(cls, path: Path) -> CalibrationState:
-        return cls.from_json(path.read_text())
+        return cls.from_json(path.read_text(), source=str(path))
