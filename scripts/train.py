@@ -6,6 +6,7 @@ from the config, fit, test the best checkpoint, and log what a reviewer needs to
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 import time
@@ -147,6 +148,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         record_interruption(trainer, logger, error)
         if isinstance(error, SIGTERMException):  # a SystemExit without a code would exit 0
             raise SystemExit(128 + signal.SIGTERM) from error
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            folder = Path(error.filename2 or error.filename or output_dir).parent
+            raise WorkbenchError(
+                f"The disk holding {folder} is full, so the run stopped (MLflow status FAILED). Free space there "
+                "or point paths.log_dir at a larger disk, then resume with ckpt_path=last."
+            ) from error
         raise
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from omegaconf import open_dict
 
 from scripts.train import RUN_RECORD, train
 from tracking.errors import WorkbenchError
@@ -157,8 +159,12 @@ def test_a_nan_loss_stops_the_run_within_the_step_and_marks_it_failed(compose_tr
     assert checkpoints == []  # nothing was saved from the poisoned step
 
 
-def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_uri, shared_cache):
-    import signal
+EXIT_CODES = {"SIGTERM": 128 + signal.SIGTERM, "SIGINT": 1}  # Lightning exits 1 after Ctrl-C
+REASONS = {"SIGTERM": "SIGTERM (pre-emption)", "SIGINT": "SIGINT (Ctrl-C)"}
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_uri, shared_cache, signal_name):
 
     command = [
         sys.executable,
@@ -177,12 +183,12 @@ def test_sigterm_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_u
     while not list((tmp_path / "outputs").rglob(RUN_RECORD)) and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(4)  # well into training
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(getattr(signal, signal_name))
     process.wait(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, log.read_text()[-2000:]
+    assert process.returncode == EXIT_CODES[signal_name], log.read_text()[-2000:]
     _, run = _only_run(tracking_uri)
     assert run.info.status == "KILLED"
-    assert run.data.tags["killed.reason"] == "SIGTERM (pre-emption)"
+    assert run.data.tags["killed.reason"] == REASONS[signal_name]
     assert list((tmp_path / "outputs").rglob("last.ckpt"))
 
 
@@ -207,3 +213,24 @@ def test_four_runs_started_at_once_on_one_sqlite_store_all_finish(tmp_path, trac
     assert len(runs) == 4 and len({r.info.run_id for r in runs}) == 4
     assert all(r.info.status == "FINISHED" and "test/content/accuracy" in r.data.metrics for r in runs)
     assert len(list((tmp_path / "cache").glob("synthetic-content-*"))) == 1
+
+
+def test_a_full_disk_names_the_folder_and_ends_the_run_failed(compose_train, tracking_uri, tmp_path):
+    """A real 4 MiB tmpfs as the output disk: the first checkpoint no longer fits."""
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs and needs root: {mounted.stderr!r}"
+    try:
+        cfg = compose_train("experiment=age_synthetic", "debug=smoke")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(disk / "run")
+            cfg.callbacks.model_checkpoint.dirpath = str(disk / "run" / "checkpoints")
+        Path(cfg.paths.output_dir).mkdir()
+        with pytest.raises(WorkbenchError, match=rf"The disk holding {disk}/run/checkpoints is full"):
+            train(cfg)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    _, run = _only_run(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert "No space left on device" in run.data.tags["failure"]
