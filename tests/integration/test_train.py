@@ -20,6 +20,20 @@ from tracking.errors import WorkbenchError
 REPO = Path(__file__).resolve().parents[2]
 
 
+def cli_train(log_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    """The `childsafe train ... debug=smoke` command line, with folders kept out of the user's."""
+    return [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        *overrides,
+        "debug=smoke",
+        f"paths.log_dir={log_dir}",
+        f"paths.cache_dir={cache_dir}",
+    ]
+
+
 def _only_run(uri: str):
     client = MlflowClient(uri)
     runs = [r for e in client.search_experiments() for r in client.search_runs(e.experiment_id)]
@@ -35,16 +49,7 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
 
 
 def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared_cache):
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.cli",
-        "train",
-        "experiment=age_synthetic",
-        "debug=smoke",
-        f"paths.log_dir={tmp_path / 'outputs'}",
-        f"paths.cache_dir={shared_cache}",
-    ]
+    command = cli_train(tmp_path / "outputs", shared_cache, "experiment=age_synthetic")
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"COLUMNS": "120"})
     elapsed = time.monotonic() - started
@@ -165,18 +170,7 @@ REASONS = {"SIGTERM": "SIGTERM (pre-emption)", "SIGINT": "SIGINT (Ctrl-C)"}
 
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_uri, shared_cache, signal_name):
-
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.cli",
-        "train",
-        "experiment=content_synthetic",
-        "debug=smoke",
-        "trainer.max_epochs=400",
-        f"paths.log_dir={tmp_path / 'outputs'}",
-        f"paths.cache_dir={shared_cache}",
-    ]
+    command = cli_train(tmp_path / "outputs", shared_cache, "experiment=content_synthetic", "trainer.max_epochs=400")
     log = tmp_path / "stderr.txt"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     deadline = time.monotonic() + 90
@@ -194,16 +188,7 @@ def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_
 
 def test_four_runs_started_at_once_on_one_sqlite_store_all_finish(tmp_path, tracking_uri):
     """Fresh store and fresh cache: the runs race on MLflow's schema, the experiment and the render."""
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.cli",
-        "train",
-        "experiment=content_synthetic",
-        "debug=smoke",
-        f"paths.log_dir={tmp_path / 'outputs'}",
-        f"paths.cache_dir={tmp_path / 'cache'}",
-    ]
+    command = cli_train(tmp_path / "outputs", tmp_path / "cache", "experiment=content_synthetic")
     logs = [tmp_path / f"run{i}.log" for i in range(4)]
     processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs]
     for process, log in zip(processes, logs, strict=True):
