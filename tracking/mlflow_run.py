@@ -127,15 +127,17 @@ def log_dataset_inputs(
             rows, source=str(source), targets=target, name=f"{name}:{split}", digest=digest[:32]
         )
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    client.log_inputs(run_id, datasets=inputs)
+    with store_lock(default_tracking_uri()):  # identical datasets logged by concurrent runs share one row
+        client.log_inputs(run_id, datasets=inputs)
 
 
 @contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
+def store_lock(uri: str) -> Iterator[None]:
     """Serialise schema creation and experiment creation on a SQLite store across processes.
 
     Several runs started at once against a fresh store otherwise race on MLflow's migrations
-    ("database is locked") and on creating the same experiment (a unique-name conflict).
+    ("database is locked"), on creating the same experiment, and on registering the same dataset
+    (unique-key conflicts).
     """
     if not uri.startswith("sqlite:///"):
         yield
@@ -150,7 +152,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id, creating the store and the experiment first if needed (safe under concurrency)."""
     from mlflow import MlflowClient
 
-    with _store_lock(uri):
+    with store_lock(uri):
         client = MlflowClient(uri)
         existing = client.get_experiment_by_name(name)
         if existing is not None:
