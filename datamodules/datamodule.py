@@ -128,6 +128,3 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
-
-    def calib_dataloader(self) -> DataLoader:
-        return self._loader("calib", shuffle=False)

@@ -20,7 +20,6 @@ CONFIG_ARTIFACT = "config/config_resolved.yaml"
 @dataclass(frozen=True)
 class TrainedRun:
     run_id: str | None
-    experiment_id: str | None
     checkpoint: Path
     config: DictConfig
 
@@ -56,7 +55,7 @@ def _from_checkpoint(checkpoint: Path) -> TrainedRun:
         )
     record = run_dir / RUN_RECORD
     run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
-    return TrainedRun(run_id, None, checkpoint, OmegaConf.load(config))
+    return TrainedRun(run_id, checkpoint, OmegaConf.load(config))
 
 
 def _from_mlflow(run_id: str, download_dir: Path) -> TrainedRun:
@@ -66,7 +65,7 @@ def _from_mlflow(run_id: str, download_dir: Path) -> TrainedRun:
     uri = default_tracking_uri()
     client = MlflowClient(uri)
     try:
-        run = client.get_run(run_id)
+        client.get_run(run_id)  # existence check: a clear error before any download
     except MlflowException as error:
         raise WorkbenchError(
             f"run_id={run_id}: no such MLflow run in {uri}. List runs with `mlflow ui` or check MLFLOW_TRACKING_URI."
@@ -82,7 +81,7 @@ def _from_mlflow(run_id: str, download_dir: Path) -> TrainedRun:
     ckpts = sorted(Path(checkpoints).glob("*.ckpt"))
     if not ckpts:
         raise WorkbenchError(f"run_id={run_id}: its checkpoints/ artefact holds no .ckpt file.")
-    return TrainedRun(run_id, run.info.experiment_id, ckpts[0], OmegaConf.load(config))
+    return TrainedRun(run_id, ckpts[0], OmegaConf.load(config))
 
 
 def latest_run(stage: str, condition: str, hint: str) -> str:
