@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint install clean
+.PHONY: demo test test-ci test-slow lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The slow tests CI also runs: real servers, real process groups, real kills.
+test-ci: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and ci"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow

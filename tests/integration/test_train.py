@@ -186,7 +186,8 @@ def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_
     assert list((tmp_path / "outputs").rglob("last.ckpt"))
 
 
-@pytest.mark.slow  # four concurrent trainings on 2 cores take about a minute
+@pytest.mark.slow
+@pytest.mark.ci  # four concurrent trainings on 2 cores take about a minute
 def test_four_runs_started_at_once_on_one_sqlite_store_all_finish(tmp_path, tracking_uri):
     """Fresh store and fresh cache: the runs race on MLflow's schema, the experiment and the render."""
     command = cli_train(tmp_path / "outputs", tmp_path / "cache", "experiment=content_synthetic")
