@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-ci test-slow lint install clean
+.PHONY: demo test test-ci test-slow lint install clean mlflow-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,22 @@ test-ci: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
+
+# A shared MLflow tracking server on this machine (docs/scaling.md: team setup with a database and an object store).
+# Defaults serve the embedded SQLite store; override, e.g. MLFLOW_BACKEND_STORE=postgresql://user@db/mlflow
+# MLFLOW_ARTIFACTS=s3://bucket/mlflow. Clients: export MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT)
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 2
+MLFLOW_BACKEND_STORE ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlruns/artifacts
+MLFLOW_SERVER_OPTS ?=
+
+mlflow-server: $(STAMP)
+	$(if $(filter sqlite:///%,$(MLFLOW_BACKEND_STORE)),mkdir -p $(dir $(patsubst sqlite:///%,%,$(MLFLOW_BACKEND_STORE))))
+	exec $(BIN)/mlflow server --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS) \
+		--backend-store-uri $(MLFLOW_BACKEND_STORE) --serve-artifacts --artifacts-destination $(MLFLOW_ARTIFACTS) \
+		$(MLFLOW_SERVER_OPTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

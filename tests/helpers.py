@@ -1,7 +1,38 @@
-"""Test-only callbacks, referenced from configs as `helpers.<name>` (pytest puts tests/ on sys.path)."""
+"""Test-only helpers: callbacks referenced from configs as `helpers.<name>` (pytest puts tests/ on sys.path),
+and a real MLflow tracking server started through `make mlflow-server`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import lightning as L
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_train(log_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
+    """The `childsafe train ... debug=smoke` command line, with folders kept out of the user's."""
+    return [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "train",
+        *overrides,
+        "debug=smoke",
+        f"paths.log_dir={log_dir}",
+        f"paths.cache_dir={cache_dir}",
+    ]
 
 
 class CrashAtEpoch(L.Callback):
@@ -32,3 +63,112 @@ class Payload:
 
     def __reduce__(self):
         return (print, ("this would have run",))
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class MlflowServer:
+    """`make mlflow-server` on a free loopback port over a store under `root`; stoppable and restartable.
+
+    The port and the store stay the same across `stop()` / `start()`, so a test can take the server
+    away mid-run (a tracking outage) and bring the same one back.
+    """
+
+    def __init__(self, root: Path, port: int | None = None, startup_timeout_s: float = 90.0):
+        self.root = root
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.backend_store = f"sqlite:///{root / 'server' / 'mlflow.db'}"
+        self.artifacts = root / "server" / "artifacts"
+        self.log = root / "server" / "server.log"
+        self.startup_timeout_s = startup_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start the server and return once it answers /health (it migrates a fresh store first)."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            "make", "--no-print-directory", "-s", "-C", str(REPO), "-o", ".venv/.installed", "mlflow-server",
+            f"MLFLOW_PORT={self.port}", "MLFLOW_WORKERS=1",
+            f"MLFLOW_BACKEND_STORE={self.backend_store}", f"MLFLOW_ARTIFACTS={self.artifacts}",
+        ]  # fmt: skip
+        with self.log.open("a") as log:
+            # Its own session, so stop() ends make, mlflow and its uvicorn worker together.
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"mlflow server not healthy after {self.startup_timeout_s}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        """Terminate the server's process group and wait until it is gone (the port is free again)."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = None
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@contextmanager
+def mlflow_server(root: Path) -> Iterator[MlflowServer]:
+    """A running tracking server for the body of the `with` block; `.url` is its address."""
+    server = MlflowServer(root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs its own process before a given global step: no handler runs, nothing is flushed or saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillMidSave(L.Callback):
+    """SIGKILLs its own process halfway through writing a given global step's checkpoint file."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        checkpoint_io, step = trainer.strategy.checkpoint_io, self.step
+        original = checkpoint_io.save_checkpoint
+
+        def save_then_die(checkpoint, path, storage_options=None):
+            if trainer.global_step != step:
+                return original(checkpoint, path, storage_options)
+            torch.save(checkpoint, checkpoint_io.staging_path(Path(path)))
+            staging = checkpoint_io.staging_path(Path(path))
+            staging.write_bytes(staging.read_bytes()[: staging.stat().st_size // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoint_io.save_checkpoint = save_then_die

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli_train
 from mlflow import MlflowClient
 from omegaconf import open_dict
 
@@ -18,20 +19,6 @@ from scripts.train import RUN_RECORD, train
 from tracking.errors import WorkbenchError
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def cli_train(log_dir: Path, cache_dir: Path, *overrides: str) -> list[str]:
-    """The `childsafe train ... debug=smoke` command line, with folders kept out of the user's."""
-    return [
-        sys.executable,
-        "-m",
-        "scripts.cli",
-        "train",
-        *overrides,
-        "debug=smoke",
-        f"paths.log_dir={log_dir}",
-        f"paths.cache_dir={cache_dir}",
-    ]
 
 
 def _only_run(uri: str):
