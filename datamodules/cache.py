@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +70,7 @@ def materialise(
 
     manifest = assign_subject_splits(generator.manifest(), split_fractions, split_seed)
     size = generator.image_size
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".rendering-", dir=directory.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
-    try:
+    with staged(directory) as staging:
         images = np.lib.format.open_memmap(
             staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)
         )
@@ -87,13 +86,27 @@ def materialise(
         manifest["licence"] = generator.licence
         manifest.to_parquet(staging / "manifest.parquet", index=False)
         del images
+    return CachedDataset.load(directory)
+
+
+@contextmanager
+def staged(directory: Path) -> Iterator[Path]:
+    """A private staging folder renamed to `directory` on success and removed on any failure.
+
+    An interrupted build never leaves a half cache; when a concurrent run built the same key
+    first, its cache is kept and ours discarded.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
+    try:
+        yield staging
         try:
             os.replace(staging, directory)
         except OSError:
             if not (directory / "manifest.parquet").exists():
                 raise
-            shutil.rmtree(staging)  # a concurrent run rendered the same config first: use theirs
+            shutil.rmtree(staging)  # a concurrent run built the same key first: use theirs
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return CachedDataset.load(directory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -42,50 +43,58 @@ class CachedImageDataset(Dataset):
         return {key: value[0] for key, value in self.__getitems__([index]).items()}
 
 
-class SyntheticDataModule(L.LightningDataModule):
-    """Renders (once) and serves a synthetic dataset split train/val/calib/test by subject."""
+class CachedDataModule(L.LightningDataModule):
+    """Serves a cached uint8 dataset split train/val/calib/test; subclasses say how the cache is built."""
 
-    synthetic = True
+    synthetic: bool
+    task: str
+    dataset_name: str
+    licence: str
 
     def __init__(
         self,
-        generator,
         cache_dir: str,
         target: str,
         preview_columns: tuple[str, ...],
-        split_fractions: dict[str, float],
-        split_seed: int = 0,
+        shuffle_seed: int = 0,
         batch_size: int = 128,
         num_workers: int = 0,
         render_workers: int = 2,
         pin_memory: bool = False,
     ):
         super().__init__()
-        self.generator = generator
         self.cache_dir = cache_dir
         self.target = target
         self.preview_columns = tuple(preview_columns)
-        self.split_fractions = dict(split_fractions)
-        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.render_workers = render_workers
+        self.render_workers = render_workers  # processes that build the cache (render or decode)
         self.pin_memory = pin_memory
         self.cached: CachedDataset | None = None
 
-    @property
-    def task(self) -> str:
-        return self.generator.task
+    def build(self) -> CachedDataset:
+        raise NotImplementedError
+
+    def load(self) -> CachedDataset:
+        if self.cached is None:
+            self.cached = self.build()
+        return self.cached
 
     def prepare_data(self) -> None:
         self.load()
 
-    def load(self) -> CachedDataset:
-        if self.cached is None:
-            self.cached = materialise(
-                self.generator, self.cache_dir, self.split_fractions, self.split_seed, self.render_workers
-            )
-        return self.cached
+    def data_record(self) -> dict[str, Any]:
+        """What the export contract and model card say about the training data."""
+        return {
+            "name": self.dataset_name,
+            "licence": self.licence,
+            "digest": self.load().digest,
+            "synthetic": self.synthetic,
+        }
+
+    def log_provenance(self, client, run_id: str) -> None:
+        """Extra lineage for the MLflow run; generated data has no card or quarantine report to add."""
 
     def split_manifest(self, split: str) -> pd.DataFrame:
         manifest = self.load().manifest
@@ -103,28 +112,77 @@ class SyntheticDataModule(L.LightningDataModule):
             return {f"{split}/age/baseline_mae": float((rows - train.median()).abs().mean())}
         return {f"{split}/content/baseline_accuracy": float((rows == train.mode().iloc[0]).mean())}
 
-    def data_metrics(self) -> dict[str, float]:
-        return self.generator.data_metrics()
-
     def save_preview(self, path: Path) -> Path:
         return save_preview(self.load().images, self.split_manifest("train"), self.preview_columns, path)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=pass_through,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "collate_fn": pass_through,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled from (shuffle_seed, epoch) and resumable mid-epoch (see datamodules/resumable.py)."""
+        dataset = self.dataset("train")
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return ResumableLoader(
+            dataset,
+            sampler=ResumableShuffle(len(dataset), self.shuffle_seed, self.batch_size, self._train_batches_done, epoch),
+            # its own generator, so making an iterator never consumes the global random state
+            generator=torch.Generator().manual_seed(self.shuffle_seed),
+            **self._loader_options(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+    def _train_batches_done(self) -> int:
+        """Batches of the current epoch already trained: 0 at an epoch's start, k after resuming at batch k."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return DataLoader(self.dataset("val"), shuffle=False, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return DataLoader(self.dataset("test"), shuffle=False, **self._loader_options())
+
+
+class SyntheticDataModule(CachedDataModule):
+    """Renders (once) and serves a synthetic dataset split train/val/calib/test by subject."""
+
+    synthetic = True
+
+    def __init__(
+        self,
+        generator,
+        cache_dir: str,
+        target: str,
+        preview_columns: tuple[str, ...],
+        split_fractions: dict[str, float],
+        split_seed: int = 0,
+        **loading: Any,
+    ):
+        super().__init__(cache_dir, target, preview_columns, **loading)
+        self.generator = generator
+        self.split_fractions = dict(split_fractions)
+        self.split_seed = split_seed
+
+    @property
+    def task(self) -> str:
+        return self.generator.task
+
+    @property
+    def dataset_name(self) -> str:
+        return self.generator.name
+
+    @property
+    def licence(self) -> str:
+        return self.generator.licence
+
+    def build(self) -> CachedDataset:
+        return materialise(self.generator, self.cache_dir, self.split_fractions, self.split_seed, self.render_workers)
+
+    def data_metrics(self) -> dict[str, float]:
+        return self.generator.data_metrics()

@@ -45,6 +45,16 @@ def render_model_card(contract: dict[str, Any]) -> str:
         "## Training data",
         f"- {data['name']}, licence {data['licence']}, manifest digest `{data['digest']}`.",
     ]
+    if "card" in data:
+        card = data["card"]
+        lines += [
+            f"- Dataset card: {card['name']} {card['version']} from {card['source']}; permitted uses "
+            f"{', '.join(card['permitted_uses']) or 'none'} (this model: {data['intended_use']}); terms: "
+            f"{card['terms_status']}. Contains minors: {'yes' if card['contains_minors'] else 'no'}. "
+            f"Consent basis: {card['consent_basis']}.",
+            *[f"- Known bias: {bias}" for bias in card["known_biases"]],
+            f"- Images were cropped as the contract's `data.crop` states: {data['crop']}.",
+        ]
     if data["synthetic"]:
         lines.append(
             "- **The training data is synthetic** (procedural renders, no real people). The figures below "

@@ -141,7 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     synthetic = datamodule.synthetic
     context = [
         f"Model: {trained.task} run {trained.run_id}; calibration run: {calibration_run or 'none (uncalibrated)'}.",
-        f"Data: {datamodule.generator.name}, split '{cfg.split}' ({len(frame)} images, "
+        f"Data: {datamodule.dataset_name}, split '{cfg.split}' ({len(frame)} images, "
         f"{frame['subject_id'].nunique()} subjects), digest {datamodule.load().digest[:16]}.",
         "This data is SYNTHETIC: the figures validate the pipeline, not real-world accuracy."
         if synthetic

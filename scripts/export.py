@@ -172,12 +172,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     datamodule = trained.datamodule()
     cached = datamodule.load()
     rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
-    data = {
-        "name": datamodule.generator.name,
-        "licence": datamodule.generator.licence,
-        "digest": cached.digest,
-        "synthetic": datamodule.synthetic,
-    }
+    data = datamodule.data_record()
     inputs = ExportInputs(
         module,
         build_wrapper(module, state, cfg.export.coverage),

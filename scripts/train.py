@@ -88,14 +88,15 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     logger.log_hyperparams(flatten(resolved))
     cached = datamodule.load()
     client.set_tag(run_id, "data.digest", cached.digest)
-    client.set_tag(run_id, "data.licence", datamodule.generator.licence)
-    client.set_tag(run_id, "data.name", datamodule.generator.name)
+    client.set_tag(run_id, "data.licence", datamodule.licence)
+    client.set_tag(run_id, "data.name", datamodule.dataset_name)
+    datamodule.log_provenance(client, run_id)
     log_dataset_inputs(
         client,
         run_id,
         cached.manifest,
         cached.manifest_path,
-        datamodule.generator.name,
+        datamodule.dataset_name,
         cached.digest,
         datamodule.target,
         DATA_CONTEXTS,

@@ -45,4 +45,4 @@ def test_cache_renders_once_and_is_reused(tmp_path, monkeypatch):
     second = cache.materialise(generator, tmp_path, FRACTIONS, split_seed=0)
     assert second.directory == first.directory and second.digest == first.digest
     assert np.array_equal(np.asarray(second.images), np.asarray(first.images))
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".rendering")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
