@@ -55,7 +55,7 @@ class AgeModule(WorkbenchModule):
         age = batch["target"]
         raw = self.head(self.features(batch["image"]))
         loss = self.head.loss(raw, age)
-        self.log(f"{split}/age/loss", loss, prog_bar=split == "train", batch_size=len(age))
+        self.log_loss(split, loss, len(age))
         if split not in self.metrics:
             return loss
         metrics = self.metrics[split]

@@ -31,8 +31,23 @@ class WorkbenchModule(L.LightningModule):
     def step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_loss(self, split: str, loss: torch.Tensor, batch_size: int) -> None:
+        """Per step while training; per epoch elsewhere, averaged over every rank's batches (one all-reduce)."""
+        training = split == "train"
+        self.log(f"{split}/{self.task}/loss", loss, prog_bar=training, batch_size=batch_size, sync_dist=not training)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images = batch["image"]
+        # Images trained on this epoch, summed over ranks: the check that DDP shards add up.
+        self.log(
+            f"train/{self.task}/samples",
+            float(len(images)),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=len(images),
+        )
         flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
         return self.step({**batch, "image": torch.where(flip, images.flip(-1), images)}, "train")
 

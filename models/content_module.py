@@ -52,7 +52,7 @@ class ContentModule(WorkbenchModule):
         label = batch["target"]
         logits = self.classifier(self.features(batch["image"]))
         loss = self.criterion(logits, label)
-        self.log(f"{split}/content/loss", loss, prog_bar=split == "train", batch_size=len(label))
+        self.log_loss(split, loss, len(label))
         if split in self.metrics:
             for name, metric in self.metrics[split].items():
                 metric(logits.softmax(dim=1), label)

@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"childsafe: unknown stage {stage!r}. Valid stages: {', '.join(STAGES)}.\n", file=sys.stderr)
         print(USAGE.format(stages=stages), file=sys.stderr)
         return 2
-    sys.argv = [f"childsafe {stage}", *rest]
-    importlib.import_module(STAGES[stage][0]).main()
+    module = importlib.import_module(STAGES[stage][0])
+    # Lightning's DDP launcher starts the other ranks by re-running `__main__` with the same arguments;
+    # `childsafe` itself would need the stage name first, so the stage module stands in for it.
+    sys.modules["__main__"].__spec__ = module.__spec__
+    sys.argv = [module.__file__, *rest]
+    module.main()
     return 0
 
 

@@ -16,8 +16,10 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
@@ -33,9 +35,25 @@ console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
 
+def on_gpu(gpu_value: Any, cpu_value: Any, *, _root_: DictConfig) -> Any:
+    """`${on_gpu:A,B}`: A when `trainer.accelerator` will train on a CUDA GPU, else B.
+
+    The GPU fast-path switches (bf16, channels_last, pinned memory, ...) and GPU-only features
+    (SyncBatchNorm) follow the device actually used, so `accelerator=auto` gets them only on a GPU.
+    """
+    accelerator = OmegaConf.select(_root_, "trainer.accelerator", default="auto")
+    if accelerator == "auto":
+        import torch
+
+        return gpu_value if torch.cuda.is_available() else cpu_value
+    return gpu_value if accelerator in ("gpu", "cuda") else cpu_value
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("repo_root"):
         OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("on_gpu"):
+        OmegaConf.register_new_resolver("on_gpu", on_gpu)
 
 
 def _value_overrides(argv: list[str]) -> list[str]:
@@ -155,6 +173,14 @@ def run_stage(config_name: str, task: Callable[[DictConfig], Any]) -> None:
             sys.exit(2)
 
     app()
+
+
+def sweep_tags() -> dict[str, str]:
+    """A multirun job's sweep (its folder's name) and trial number, so a sweep's MLflow runs can be found together."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {"sweep.id": Path(hydra_cfg.sweep.dir).name, "sweep.trial": str(hydra_cfg.job.num)}
 
 
 def print_config_tree(cfg: DictConfig) -> None:

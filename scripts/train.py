@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from models.guards import InterruptionCheckpoint
-from scripts.hydra_app import run_stage, show_metrics
+from scripts.hydra_app import run_stage, show_metrics, sweep_tags
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     check_tracking_uri,
@@ -74,7 +74,7 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | 
         cfg.logger.mlflow,
         tracking_uri=uri,
         run_id=resume.mlflow_run_id if resume else None,
-        tags=origin_tags() | {"task": cfg.task_name, "stage": "train"},
+        tags=origin_tags() | {"task": cfg.task_name, "stage": "train"} | sweep_tags(),
     )
 
 
@@ -134,8 +134,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             cfg.callbacks.model_checkpoint.dirpath = str(resume.checkpoint.parent)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
+    # Every DDP rank trains and syncs its metrics, but only global rank zero records the run, as Lightning's logger.
+    tracker = logger if trainer.is_global_zero else None
 
-    if logger is not None:
+    if tracker is not None:
         (output_dir / RUN_RECORD).write_text(
             json.dumps({"run_id": logger.run_id, "tracking_uri": default_tracking_uri()})
         )
@@ -146,7 +148,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
     except BaseException as error:
-        record_interruption(trainer, logger, error)
+        record_interruption(trainer, tracker, error)
         if isinstance(error, SIGTERMException):  # a SystemExit without a code would exit 0
             raise SystemExit(128 + signal.SIGTERM) from error
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
@@ -165,7 +167,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics |= datamodule.data_metrics()
 
     best = trainer.checkpoint_callback.best_model_path
-    if logger is not None:
+    if tracker is not None:
         logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "data/", "train/"))})
         if best:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
@@ -182,8 +184,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def objective(cfg: DictConfig) -> float | dict[str, float]:
+    """Train; under a sweep, hand the optimiser the one number named by `optimized_metric`."""
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return metrics
+    if name not in metrics:
+        raise WorkbenchError(f"optimized_metric={name} was not measured. Measured: {', '.join(sorted(metrics))}.")
+    return metrics[name]
+
+
 def main() -> None:
-    run_stage("train", train)
+    run_stage("train", objective)
 
 
 if __name__ == "__main__":

@@ -172,3 +172,18 @@ class KillMidSave(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         checkpoint_io.save_checkpoint = save_then_die
+
+
+class RecordTrainPositions(L.Callback):
+    """Saves the cache positions this rank trained on (`rank<N>.pt` in `folder`): DDP shards must not overlap."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.seen: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.seen.append(batch["position"].cpu())
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(torch.cat(self.seen), self.folder / f"rank{trainer.global_rank}.pt")
