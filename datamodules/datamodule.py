@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cache import CachedDataset, materialise
 from datamodules.preview import save_preview
+from datamodules.resumable import ResumableLoader, ResumableShuffle
 
 
 def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

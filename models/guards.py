@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -45,7 +44,7 @@ class FiniteGuard(L.Callback):
 
 
 class InterruptionCheckpoint(L.Callback):
-    """On SIGTERM (pre-emption) or Ctrl-C, write `last.ckpt` atomically and remember why the run stopped.
+    """On SIGTERM (pre-emption) or Ctrl-C, write `last.ckpt` and remember why the run stopped.
 
     Lightning turns SIGTERM into an exception at the end of a training batch, so the saved state is
     a consistent one; the train stage then marks the MLflow run KILLED with this reason.
@@ -65,7 +64,4 @@ class InterruptionCheckpoint(L.Callback):
             return
         checkpoint = trainer.checkpoint_callback
         if checkpoint is not None and checkpoint.dirpath:
-            target = Path(checkpoint.dirpath) / "last.ckpt"
-            staging = target.with_name(".last.ckpt.partial")
-            trainer.save_checkpoint(staging)
-            os.replace(staging, target)  # a kill during the save never leaves a corrupt last.ckpt
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")  # atomic: models/checkpointing.py

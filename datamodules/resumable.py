@@ -1,0 +1,52 @@
+"""A training loader that can stop anywhere in an epoch and resume at the very next batch.
+
+The shuffle is a pure function of (seed, epoch), and where an epoch starts is read from the
+training loop's own progress when the epoch's iteration begins. Reading it then, rather than
+relying on Lightning to hand the loader its saved state, matters: when the LR schedule asks for
+`estimated_stepping_batches`, Lightning builds the train loader before it restores the
+checkpoint and never passes the loader's saved state back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+
+class ResumableShuffle(Sampler[int]):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, skipping what this epoch already trained."""
+
+    def __init__(self, length: int, seed: int, batch_size: int, batches_done: Callable[[], int], epoch: int = 0):
+        self.length, self.seed, self.batch_size, self.epoch = length, seed, batch_size, epoch
+        self.batches_done = batches_done
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        yield from order[self.batches_done() * self.batch_size :].tolist()
+
+    def __len__(self) -> int:
+        return self.length  # the full epoch: Lightning counts a resumed epoch's batches from its own progress
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a `ResumableShuffle`; its state (epoch, batches trained) is saved in every checkpoint.
+
+    Having `state_dict`/`load_state_dict` is what tells Lightning the loader resumes mid-epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, ResumableShuffle):
+            raise TypeError("ResumableLoader needs a ResumableShuffle sampler.")
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches_done": int(self.sampler.batches_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])  # the position itself comes from the restored loop progress
