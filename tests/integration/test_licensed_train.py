@@ -1,0 +1,85 @@
+"""Training on licensed-format fixtures: the CLI smoke runs, licence refusal, and what lands in MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import licensed_fixtures as fixtures
+import pytest
+from helpers import cli_train
+from mlflow import MlflowClient
+
+from scripts.train import train
+from tracking.errors import WorkbenchError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs(e.experiment_id)]
+    return client, run
+
+
+def test_training_on_utkface_records_card_licence_quarantine_and_dataset_inputs(compose_train, tracking_uri, tmp_path):
+    root = fixtures.utkface(tmp_path / "UTKFace", n=60)
+    cfg = compose_train("experiment=age_utkface", f"data.root={root}", "debug=smoke", "data.max_bad_fraction=0.05")
+    metrics = train(cfg)
+    assert metrics["data/age/images"] == 60 and metrics["data/age/quarantined"] == 2
+
+    client, run = only_run(tracking_uri)
+    tags = run.data.tags
+    assert (tags["data.name"], tags["data.licence"]) == ("utkface", "UTKFace-non-commercial-research")
+    assert (tags["data.intended_use"], tags["data.permitted_uses"], tags["data.contains_minors"]) == (
+        "research",
+        "research",
+        "true",
+    )
+    artifacts = {
+        a.path for folder in ("data/card", "data/quarantine") for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert artifacts == {
+        "data/card/utkface.yaml",
+        "data/quarantine/quarantine.csv",
+        "data/quarantine/quarantine_summary.json",
+    }
+    inputs = {i.dataset.name: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"utkface:train", "utkface:val", "utkface:calib", "utkface:test"}
+    assert inputs["utkface:train"].digest == tags["data.digest"][:32]
+    assert "manifest.parquet" in inputs["utkface:train"].source
+
+
+def test_commercial_run_on_research_only_data_is_refused(compose_train, tracking_uri, tmp_path):
+    root = fixtures.utkface(tmp_path / "UTKFace", n=4)
+    cfg = compose_train("experiment=age_utkface", f"data.root={root}", "debug=smoke", "intended_use=commercial")
+    with pytest.raises(WorkbenchError, match="permits research; this run's intended_use is 'commercial'"):
+        train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+@pytest.mark.parametrize(
+    ("experiment", "build"),
+    [
+        ("age_utkface", lambda root: fixtures.utkface(root, n=300)),
+        (
+            "content_imagefolder",
+            lambda root: (
+                fixtures.write_card(
+                    fixtures.content_folders(root, per_folder=12) / "dataset_card.yaml", ["research"]
+                ).parent
+            ),
+        ),
+    ],
+)
+def test_cli_smoke_trains_on_licensed_fixtures(tmp_path, tracking_uri, experiment, build):
+    root = build(tmp_path / "dataset")
+    command = cli_train(tmp_path / "outputs", tmp_path / "cache", f"experiment={experiment}", f"data.root={root}")
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"COLUMNS": "120"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, run = only_run(tracking_uri)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data.name"] in experiment  # utkface, content_imagefolder
+    assert any(key.startswith("test/") for key in run.data.metrics)
