@@ -16,6 +16,7 @@ STAGES = {
     "compare": ("scripts.compare", "side-by-side metrics of MLflow runs with deltas: childsafe compare RUN_A RUN_B"),
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
+    "sync": ("scripts.sync", "deliver what runs spooled while the MLflow server was away"),
     "bench": ("scripts.bench", "time an exported bundle on onnxruntime against PyTorch eager"),
     "pipeline": (
         "scripts.pipeline",

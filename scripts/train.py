@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from models.guards import InterruptionCheckpoint
-from scripts.hydra_app import run_stage, show_metrics, sweep_tags
+from scripts.hydra_app import console, run_stage, show_metrics, sweep_tags
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     check_tracking_uri,
@@ -181,6 +181,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "mlflow run": logger.run_id if logger else "not tracked (logger=none)",
         },
     )
+    if tracker is not None and tracker.experiment.in_outage:
+        console.print(
+            f"[yellow]The tracking server went away during the run: {tracker.experiment.spooled} MLflow calls "
+            f"are spooled in {tracker.experiment.spool_dir}. Once the server is back, run `childsafe sync` "
+            "to complete the run in MLflow."
+        )
     return metrics
 
 

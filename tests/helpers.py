@@ -187,3 +187,23 @@ class RecordTrainPositions(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         torch.save(torch.cat(self.seen), self.folder / f"rank{trainer.global_rank}.pt")
+
+
+class StopServerAtEpoch(L.Callback):
+    """Takes the tracking server away (SIGTERM to its process group) as a given epoch starts."""
+
+    def __init__(self, pgid: int, epoch: int, url: str):
+        self.pgid, self.epoch, self.url = pgid, epoch, url
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch != self.epoch:
+            return
+        os.killpg(self.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=1)
+                time.sleep(0.2)
+            except (urllib.error.URLError, OSError):
+                return
+        raise RuntimeError(f"the tracking server at {self.url} did not stop")

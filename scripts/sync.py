@@ -1,0 +1,32 @@
+"""Deliver spooled MLflow calls once the tracking server is back: `childsafe sync`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from scripts.hydra_app import console, run_stage
+from tracking.spool import find_spools, replay
+
+
+def sync(cfg: DictConfig) -> int:
+    spools = find_spools(Path(cfg.root))
+    if not spools:
+        console.print(f"Nothing to sync: no spool under {cfg.root}.")
+        return 0
+    total = 0
+    for spool in spools:
+        sent = replay(spool)
+        total += sent
+        console.print(f"{spool.parent}: {sent} spooled calls delivered.")
+    console.print(f"[bold]Synced {len(spools)} run folder(s), {total} calls.")
+    return total
+
+
+def main() -> None:
+    run_stage("sync", sync)
+
+
+if __name__ == "__main__":
+    main()
