@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -27,10 +29,11 @@ from rich.table import Table
 from rich.tree import Tree
 
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import REPO_ROOT, probe_writable
+from tracking.mlflow_run import REPO_ROOT, default_tracking_uri, ensure_experiment, probe_writable
 
 CONFIG_DIR = REPO_ROOT / "configs"
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
+_ABSENT = object()
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -77,10 +80,16 @@ def _explain_missing_key(error: Exception, base: DictConfig) -> str:
     text = str(error)
     marker = "Could not override '"
     key = text.split(marker, 1)[1].split("'", 1)[0] if marker in text else None
-    if key is None:
-        return text
-    parent_path, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(base, parent_path) if parent_path else base
+    return text if key is None else _unknown_key_message(key, base)
+
+
+def _unknown_key_message(key: str, base: DictConfig) -> str:
+    """Name the first part of `key` that does not exist, with its closest valid sibling."""
+    parts, parent = key.split("."), base
+    depth = 0
+    while depth < len(parts) - 1 and isinstance(parent.get(parts[depth]), DictConfig):
+        parent, depth = parent[parts[depth]], depth + 1
+    parent_path, leaf = ".".join(parts[:depth]), parts[depth]
     options = sorted(str(k) for k in parent) if isinstance(parent, DictConfig) else []
     close = difflib.get_close_matches(leaf, options, n=1)
     hint = f" Did you mean {parent_path + '.' if parent_path else ''}{close[0]}?" if close else ""
@@ -88,6 +97,16 @@ def _explain_missing_key(error: Exception, base: DictConfig) -> str:
         f"Unknown config key '{key}'.{hint} Valid keys under '{parent_path or '<root>'}': {', '.join(options)}. "
         f"To add a new key on purpose, write +{key}=..."
     )
+
+
+def _check_swept_keys(base: DictConfig, overrides: list[str]) -> None:
+    """Swept values are left out of composition here (each job composes its own), but their keys must exist."""
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if not override.is_sweep_override() or override.is_add() or _is_group(key) or key.startswith("hydra."):
+            continue
+        if OmegaConf.select(base, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+            raise WorkbenchError(_unknown_key_message(key, base))
 
 
 def _check_types(base: DictConfig, overrides: list[str]) -> None:
@@ -149,6 +168,7 @@ def validate(config_name: str, argv: list[str]) -> DictConfig:
         raise WorkbenchError(
             f"Config key(s) {', '.join(missing)} must be given, e.g. `{missing[0]}=...`: they have no default."
         )
+    _check_swept_keys(base, overrides)
     _check_types(base, plain)
     _check_writable(cfg)
     return cfg
@@ -163,16 +183,26 @@ def run_stage(config_name: str, task: Callable[[DictConfig], Any]) -> None:
         errors.print(f"[bold red]Configuration error:[/] {error}")
         sys.exit(2)
 
-    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
-    def app(cfg: DictConfig) -> Any:
+    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(StageApp(task))()
+
+
+@dataclass(frozen=True)
+class StageApp:
+    """A stage as Hydra's task function; its return value goes to the sweeper.
+
+    A module-level class rather than a closure: launchers that run jobs in other processes (joblib,
+    submitit) pickle it, and a closure would drag this module's consoles (and their locks) along.
+    """
+
+    task: Callable[[DictConfig], Any]
+
+    def __call__(self, cfg: DictConfig) -> Any:
         print_config_tree(cfg)
         try:
-            return task(cfg)
+            return self.task(cfg)
         except WorkbenchError as error:
             errors.print(f"[bold red]Error:[/] {error}")
             sys.exit(2)
-
-    app()
 
 
 def sweep_tags() -> dict[str, str]:
@@ -181,6 +211,18 @@ def sweep_tags() -> dict[str, str]:
         return {}
     hydra_cfg = HydraConfig.get()
     return {"sweep.id": Path(hydra_cfg.sweep.dir).name, "sweep.trial": str(hydra_cfg.job.num)}
+
+
+class CreateTrackingStore(Callback):
+    """Create the MLflow store and the sweep's experiment once, in the launching process, before any job starts.
+
+    Parallel jobs against a fresh SQLite store would otherwise all race to run its migrations.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        experiment = OmegaConf.select(config, "logger.mlflow.experiment_name")
+        if experiment:
+            ensure_experiment(default_tracking_uri(), experiment)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
