@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 from tracking.errors import WorkbenchError
@@ -25,6 +26,20 @@ REQUIRED = (
     "known_biases",
     "collection_notes",
 )
+
+
+TEXT_FIELDS = ("name", "source", "version", "licence", "consent_basis", "collection_notes")
+CARD_SCHEMA = {
+    "type": "object",
+    "required": list(REQUIRED),
+    "properties": {
+        **{key: {"type": ["string", "number"]} for key in TEXT_FIELDS},
+        "permitted_uses": {"type": ["array", "null"], "items": {"enum": list(USES)}},
+        "known_biases": {"type": ["array", "null"], "items": {"type": "string"}},
+        "contains_minors": {"type": "boolean"},
+        "terms_status": {"type": "string"},
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -53,23 +68,19 @@ def load_card(path: str | Path | None, config_key: str = "data.card") -> Dataset
             "configs/cards/, fill in the licence and the uses it permits, and point data.card at it."
         )
     try:
-        fields = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as error:
+        fields = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise WorkbenchError(f"Dataset card {path} is not valid YAML: {error}") from error
-    missing = [key for key in REQUIRED if key not in fields]
-    if missing:
-        raise WorkbenchError(f"Dataset card {path} lacks {', '.join(missing)}; see configs/cards/ for the fields.")
-    unknown_uses = set(fields["permitted_uses"] or []) - set(USES)
-    if unknown_uses:
+    problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(CARD_SCHEMA).iter_errors(fields))
+    if problem is not None:
+        field = ".".join(map(str, problem.absolute_path)) or "(top level)"
         raise WorkbenchError(
-            f"Dataset card {path}, field permitted_uses: {sorted(unknown_uses)} are not uses the workbench knows; "
-            f"use any of {list(USES)} (an empty list permits nothing)."
+            f"Dataset card {path}, field {field}: {problem.message}. See configs/cards/ for a complete example."
         )
-    if not isinstance(fields["contains_minors"], bool):
-        raise WorkbenchError(f"Dataset card {path}, field contains_minors: write true or false.")
     known = {key: fields[key] for key in (*REQUIRED, "terms_status") if key in fields}
     known["permitted_uses"] = list(fields["permitted_uses"] or [])
     known["known_biases"] = list(fields["known_biases"] or [])
+    known |= {key: str(known[key]) for key in TEXT_FIELDS}  # `version: 1.0` is fine; the card keeps it as text
     return DatasetCard(**known, path=str(path))
 
 

@@ -60,7 +60,13 @@ class HashList:
                     f"Hash list {file} (data.hash_lists) does not exist. Point data.hash_lists at the list files "
                     "your organisation is entitled to use, or set data.hash_lists=[] to screen against none."
                 )
-            for number, line in enumerate(file.read_text().splitlines(), start=1):
+            try:
+                lines = file.read_text().splitlines()
+            except UnicodeDecodeError as error:
+                raise WorkbenchError(
+                    f"Hash list {file} is not text ({error}). It must hold one PDQ hash per line as 64 hex digits."
+                ) from error
+            for number, line in enumerate(lines, start=1):
                 text = line.split("#", 1)[0].strip()
                 if not text:
                     continue

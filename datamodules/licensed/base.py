@@ -22,7 +22,7 @@ FILTER_REASONS = frozenset({"no_face", "low_face_score", "second_face"})
 def candidates(records: list[dict]) -> pd.DataFrame:
     """Rows with every column ingest expects present, in a stable order."""
     frame = pd.DataFrame.from_records(records)
-    for column in ("subject_id", "split", "reason", "detail", *BOX_COLUMNS):
+    for column in ("id", "path", "subject_id", "split", "reason", "detail", *BOX_COLUMNS):
         if column not in frame:
             frame[column] = None
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
@@ -37,7 +37,13 @@ def read_table(path: Path) -> pd.DataFrame:
     """A CSV or Parquet label table; the error names the file when it is absent or unreadable."""
     if not path.is_file():
         raise WorkbenchError(f"Label file {path} is missing. Check data.root points at the dataset's top folder.")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError) as error:  # EmptyDataError and UnicodeDecodeError included
+        raise WorkbenchError(
+            f"Label file {path} cannot be read as a {'Parquet' if path.suffix == '.parquet' else 'CSV'} table "
+            f"({type(error).__name__}: {error}). Check it is the dataset's own file, complete and not re-encoded."
+        ) from error
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from datamodules.cards import load_card
 from datamodules.licensed.appa_real import AppaReal
 from datamodules.licensed.datamodule import LicensedDataModule
 from datamodules.licensed.filenames import AgeDB, FGNet, UTKFace
@@ -284,3 +285,19 @@ def test_splits_are_stratified_by_age_band():
     minors = manifest["age"] < 18
     assert split.groupby(manifest["subject_id"]).nunique().max() == 1
     assert split[minors].value_counts(normalize=True)["test"] == pytest.approx(0.1, abs=0.03)
+
+
+def test_an_empty_dataset_folder_is_refused_by_name(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkbenchError, match=r"No images found under data\.root=.*empty"):
+        module(UTKFace(), tmp_path / "empty", tmp_path).load()
+
+
+def test_a_card_field_of_the_wrong_kind_names_the_card_and_the_field(tmp_path):
+    card = fixtures.write_card(tmp_path / "card.yaml", ["research"])
+    card.write_text(card.read_text().replace("contains_minors: false", "contains_minors: sometimes"))
+    with pytest.raises(WorkbenchError, match=r"card\.yaml, field contains_minors: 'sometimes' is not of type"):
+        load_card(card)
+    card = fixtures.write_card(tmp_path / "card.yaml", ["resale"])
+    with pytest.raises(WorkbenchError, match=r"field permitted_uses\.0: 'resale' is not one of"):
+        load_card(card)
