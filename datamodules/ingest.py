@@ -38,6 +38,14 @@ CHUNK = 64
 REPORT_COLUMNS = ["id", "path", "reason", "kind", "detail", "sha256", "pdq"]
 
 
+class IngestRefused(WorkbenchError):
+    """The data may not be trained on; `report_dir` holds the quarantine report that says why."""
+
+    def __init__(self, message: str, report_dir: Path):
+        super().__init__(message)
+        self.report_dir = report_dir
+
+
 @dataclass(frozen=True)
 class IngestSettings:
     task: str
@@ -144,18 +152,20 @@ def write_report(folder: Path, report: pd.DataFrame, summary: dict) -> Path:
 def _refuse_if_unsafe(summary: dict, settings: IngestSettings, refused: Path, report: pd.DataFrame) -> None:
     if summary["hash_list_matches"]:
         path = write_report(refused, report, summary)
-        raise WorkbenchError(
+        raise IngestRefused(
             f"{summary['hash_list_matches']} image(s) match the configured hash lists (PDQ distance <= "
             f"{MATCH_DISTANCE}). They were not cached and this run will not proceed. Their paths and hashes are in "
-            f"{path} (reason hash_list_match): remove them from the dataset and report them as your policy requires."
+            f"{path} (reason hash_list_match): remove them from the dataset and report them as your policy requires.",
+            refused,
         )
     if summary["quarantined_fraction"] > settings.max_bad_fraction:
         path = write_report(refused, report, summary)
-        raise WorkbenchError(
+        raise IngestRefused(
             f"{summary['quarantined']} of {summary['files']} files ({summary['quarantined_fraction']:.1%}) failed "
             f"integrity checks, more than data.max_bad_fraction={settings.max_bad_fraction}. Reasons: "
             f"{summary['by_reason']}. See {path}; fix the files or, if the losses are acceptable, raise "
-            "data.max_bad_fraction."
+            "data.max_bad_fraction.",
+            refused,
         )
 
 

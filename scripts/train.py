@@ -18,8 +18,10 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from datamodules.ingest import IngestRefused
 from models.guards import InterruptionCheckpoint
 from scripts.hydra_app import console, run_stage, show_metrics, sweep_tags
 from tracking.errors import WorkbenchError
@@ -105,6 +107,17 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
 
 
+def record_refusal(logger: MLFlowLogger | None, refusal: IngestRefused) -> None:
+    """Data refused at ingest still leaves a FAILED run holding the quarantine report, for the reviewers."""
+    if logger is None or rank_zero_only.rank != 0:
+        return
+    client, run_id = logger.experiment, logger.run_id
+    for report in sorted(refusal.report_dir.iterdir()):
+        client.log_artifact(run_id, str(report), "data/refused")
+    client.set_tag(run_id, "failure", f"IngestRefused: {refusal}"[:5000])
+    client.set_terminated(run_id, "FAILED")
+
+
 def record_interruption(trainer: L.Trainer, logger: MLFlowLogger | None, error: BaseException) -> None:
     """Pre-emption or Ctrl-C ends the MLflow run KILLED with its reason; a crash ends it FAILED with a summary."""
     if logger is None:
@@ -126,7 +139,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = build_logger(cfg, resume)
 
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    try:
+        datamodule.prepare_data()
+    except IngestRefused as refusal:
+        record_refusal(logger, refusal)
+        raise
     model = instantiate(cfg.model)
     if resume is not None and cfg.callbacks.get("model_checkpoint"):
         # Keep checkpointing where the interrupted run did, so its best score and paths carry over.

@@ -83,3 +83,14 @@ def test_cli_smoke_trains_on_licensed_fixtures(tmp_path, tracking_uri, experimen
     assert run.info.status == "FINISHED"
     assert run.data.tags["data.name"] in experiment  # utkface, content_imagefolder
     assert any(key.startswith("test/") for key in run.data.metrics)
+
+
+def test_a_refused_ingest_leaves_a_failed_run_with_the_quarantine_report(compose_train, tracking_uri, tmp_path):
+    root = fixtures.utkface(tmp_path / "UTKFace", n=20)  # 2 of its 22 names do not parse
+    cfg = compose_train("experiment=age_utkface", f"data.root={root}", "debug=smoke", "data.max_bad_fraction=0.01")
+    with pytest.raises(WorkbenchError, match=r"2 of 22 files \(9\.1%\) failed integrity checks"):
+        train(cfg)
+    client, run = only_run(tracking_uri)
+    assert run.info.status == "FAILED" and run.data.tags["failure"].startswith("IngestRefused: 2 of 22 files")
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "data/refused")}
+    assert reports == {"data/refused/quarantine.csv", "data/refused/quarantine_summary.json"}
