@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -147,10 +147,20 @@ def _check_writable(cfg: DictConfig) -> None:
             ) from error
 
 
+def _parse_override(override: str):
+    try:
+        return OverridesParser.create().parse_override(override)
+    except HydraException as error:
+        raise WorkbenchError(
+            f"Cannot read the override {override!r} ({error}). Quote list items that contain '=' or ',', "
+            "e.g. 'overrides.train=[\"data.root=/data/UTKFace\"]'."
+        ) from error
+
+
 def validate(config_name: str, argv: list[str]) -> DictConfig:
     """Compose the config as the stage will, and turn each kind of mistake into a plain message."""
     overrides = _value_overrides(argv)
-    plain = [o for o in overrides if not OverridesParser.create().parse_override(o).is_sweep_override()]
+    plain = [o for o in overrides if not _parse_override(o).is_sweep_override()]
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         groups_only = [o for o in plain if _is_group(o.split("=", 1)[0])]

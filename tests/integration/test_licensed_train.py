@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import licensed_fixtures as fixtures
 import pytest
+from conftest import compose_stage
 from helpers import cli_train
 from mlflow import MlflowClient
 
+from scripts.calibrate import calibrate
+from scripts.export import export
 from scripts.train import train
 from tracking.errors import WorkbenchError
 
@@ -94,3 +98,34 @@ def test_a_refused_ingest_leaves_a_failed_run_with_the_quarantine_report(compose
     assert run.info.status == "FAILED" and run.data.tags["failure"].startswith("IngestRefused: 2 of 22 files")
     reports = {a.path for a in client.list_artifacts(run.info.run_id, "data/refused")}
     assert reports == {"data/refused/quarantine.csv", "data/refused/quarantine_summary.json"}
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # ingest of 1,500 files, a short training, calibration and export: about a minute
+def test_card_licence_and_crop_flow_into_the_export_contract_and_model_card(tmp_path, tracking_uri):
+    root = fixtures.utkface(tmp_path / "UTKFace", n=1500)
+
+    def stage(name: str, *overrides: str):
+        return compose_stage(name, tmp_path, tmp_path / "cache", *overrides)
+
+    train(stage("train", "experiment=age_utkface", f"data.root={root}", "trainer.max_epochs=1"))
+    calibrate(stage("calibrate", "train_task=age_utkface", "calibration.age.max_minor_pass_rate=0.2"))
+    export(stage("export", "train_task=age_utkface", f"export.release_dir={tmp_path / 'releases'}"))
+
+    bundle = tmp_path / "releases" / "childsafe-age_utkface"
+    data = json.loads((bundle / "contract.json").read_text())["data"]
+    assert (data["name"], data["licence"], data["intended_use"], data["synthetic"]) == (
+        "utkface",
+        "UTKFace-non-commercial-research",
+        "research",
+        False,
+    )
+    assert data["card"]["permitted_uses"] == ["research"] and data["card"]["contains_minors"] is True
+    assert data["crop"] == {"box_margin": 0.4, "square": True, "size": 64, "resize": "bilinear"}
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("childsafe-age_utkface").experiment_id
+    (trained,) = client.search_runs([experiment], filter_string="tags.stage = 'train'")
+    assert data["digest"] == trained.data.tags["data.digest"]
+    card = (bundle / "model_card.md").read_text()
+    assert "licence UTKFace-non-commercial-research" in card
+    assert "permitted uses research (this model: research)" in card
