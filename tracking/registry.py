@@ -29,6 +29,18 @@ def safety_tags(contract: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
+def data_tags(contract: dict[str, Any]) -> dict[str, str]:
+    """What the training data permits, on the model version, so a release engineer sees it before deploying."""
+    data = contract["data"]
+    tags = {"data.name": data["name"], "data.licence": data["licence"], "data.digest": data["digest"]}
+    if "card" in data:
+        tags |= {
+            "data.intended_use": data["intended_use"],
+            "data.permitted_uses": ",".join(data["card"]["permitted_uses"]),
+        }
+    return tags
+
+
 def worst_slice_ratio(contract: dict[str, Any]) -> float:
     """Largest max/min ratio of the headline metric across the values of any attribute (1 = parity)."""
     ratios = [1.0]
@@ -66,7 +78,7 @@ def register_bundle(run_id: str, bundle: Path, contract: dict[str, Any], model_n
         )
     client = MlflowClient(default_tracking_uri())
     version = str(info.registered_model_version)
-    for key, value in safety_tags(contract).items():
+    for key, value in (safety_tags(contract) | data_tags(contract)).items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, CANDIDATE, version)
     return version

@@ -126,6 +126,8 @@ def test_card_licence_and_crop_flow_into_the_export_contract_and_model_card(tmp_
     experiment = client.get_experiment_by_name("childsafe-age_utkface").experiment_id
     (trained,) = client.search_runs([experiment], filter_string="tags.stage = 'train'")
     assert data["digest"] == trained.data.tags["data.digest"]
+    version = client.get_model_version_by_alias("childsafe-age_utkface", "candidate")
+    assert (version.tags["data.licence"], version.tags["data.permitted_uses"]) == (data["licence"], "research")
     card = (bundle / "model_card.md").read_text()
     assert "licence UTKFace-non-commercial-research" in card
     assert "permitted uses research (this model: research)" in card
