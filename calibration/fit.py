@@ -35,9 +35,11 @@ def _certify(
     test: tuple[np.ndarray, np.ndarray],
     max_miss_rate: float,
     confidence: float,
+    target: str,
+    gate: float | None = None,
 ) -> OperatingPoint:
     point = certify_threshold(name, calib[0], calib[1], max_miss_rate, confidence)
-    return replace(point, test=measure(point, *test))
+    return replace(point, test=measure(point, *test), target=target, gate=gate)
 
 
 def group_labels(manifest: pd.DataFrame, positions: np.ndarray, attributes: list[str]) -> np.ndarray:
@@ -95,6 +97,7 @@ def calibrate_content(
             (t_score[t_pos], t_score[~t_pos]),
             1 - cfg.min_recall,
             confidence,
+            target=name,
         )
         result.operating_points.append(point)
         result.metrics |= {
@@ -179,6 +182,8 @@ def calibrate_age(
             (t_score[t_minor], t_score[~t_minor]),
             cfg.max_minor_pass_rate,
             confidence,
+            target="minor",
+            gate=gate,
         )
         # The same guarantee on the predicted age alone, NIST's "challenge age": pass when predicted age > c.
         challenge = certify_threshold(

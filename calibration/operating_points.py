@@ -53,6 +53,10 @@ class OperatingPoint:
     false_alarm_rate: float
     negatives: int
     test: dict[str, float] = field(default_factory=dict)  # the same rates measured on the test split
+    # What the threshold protects, set once by calibrate and read by export, parity and evaluation:
+    # a content class whose recall is certified, "unsafe" (any unsafe class), or "minor" below `gate`.
+    target: str = ""
+    gate: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -53,6 +53,8 @@ class CalibrationState:
             age["intervals"] = [ConformalIntervals(**i) for i in age["intervals"]]
             data["age"] = AgeCalibration(**age)
         data["operating_points"] = [OperatingPoint(**op) for op in data["operating_points"]]
+        if not all(point.target for point in data["operating_points"]):
+            raise KeyError("operating_points[].target (states from before it existed)")
         return cls(**data)
 
     @classmethod

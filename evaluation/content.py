@@ -25,9 +25,16 @@ def _fpr_at_recall(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     return float(fpr[tpr >= target].min())
 
 
+def protected(labels: np.ndarray, target: str, classes: list[str], unsafe_classes: list[str]) -> np.ndarray:
+    """Which samples an operating point must flag: its class, or any unsafe class for target "unsafe"."""
+    names = np.asarray(classes)[labels]
+    return np.isin(names, unsafe_classes) if target == "unsafe" else names == target
+
+
 def content_metrics(
-    frame: pd.DataFrame, classes: list[str], unsafe_classes: list[str], base_rate: float
+    frame: pd.DataFrame, classes: list[str], unsafe_classes: list[str], base_rate: float, targets: dict[str, str]
 ) -> tuple[dict[str, Estimate], dict]:
+    """`targets` maps each operating point's name to what it protects (its `block_<name>` column flags)."""
     labels = frame["label"].to_numpy()
     probs = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64)
     subjects = frame["subject_id"].to_numpy()
@@ -68,7 +75,7 @@ def content_metrics(
         if len(per_class_pr) == len(classes)
         else not_measurable("PR-AUC needs every class present")
     )
-    unsafe = np.isin(np.asarray(classes)[labels], unsafe_classes)
+    unsafe = protected(labels, "unsafe", classes, unsafe_classes)
     score = frame["unsafe_score"].to_numpy(np.float64)
     if unsafe.any() and (~unsafe).any():
         fpr, tpr, _ = roc_curve(unsafe, score)
@@ -78,9 +85,9 @@ def content_metrics(
             metrics[f"unsafe/fpr_at_recall{target:g}"] = Estimate(_fpr_at_recall(fpr, tpr, target), n=len(score))
     else:
         metrics["unsafe/recall_at_fpr0.01"] = not_measurable("needs both safe and unsafe samples")
-    for column in (c for c in frame.columns if c.startswith("block_")):
-        point, flagged = column.removeprefix("block_"), frame[column].to_numpy(bool)
-        positives = unsafe if point == "recall_unsafe" else labels == classes.index(point.removeprefix("recall_"))
+    for point, target in targets.items():
+        flagged = frame[f"block_{point}"].to_numpy(bool)
+        positives = protected(labels, target, classes, unsafe_classes)
         recall, fpr = proportion(flagged[positives], "positives"), proportion(flagged[~positives], "negatives")
         metrics[f"{point}/recall"], metrics[f"{point}/fpr"] = recall, fpr
         if recall.measurable and fpr.measurable and recall.value * base_rate + fpr.value * (1 - base_rate) > 0:

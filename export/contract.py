@@ -95,15 +95,14 @@ def _operating_points(state: CalibrationState) -> list[dict[str, Any]]:
     for column, point in enumerate(state.operating_points):
         if state.task == "age":
             score = {"output": "prob_below", "column": column}
-            meaning = f"at most {point.target_max_miss_rate:g} of people under {point.name[4:]} pass the gate"
+            meaning = f"at most {point.target_max_miss_rate:g} of people under {point.gate:g} pass the gate"
         else:
-            target = point.name.removeprefix("recall_")
             score = (
                 {"output": "unsafe_score"}
-                if target == "unsafe"
-                else {"output": "probabilities", "column": state.content.classes.index(target)}
+                if point.target == "unsafe"
+                else {"output": "probabilities", "column": state.content.classes.index(point.target)}
             )
-            meaning = f"recall of '{target}' at least {1 - point.target_max_miss_rate:g}"
+            meaning = f"recall of '{point.target}' at least {1 - point.target_max_miss_rate:g}"
         points.append(
             {
                 "name": point.name,

@@ -56,14 +56,12 @@ def decision_scores(state: CalibrationState, outputs: dict[str, np.ndarray]) -> 
     """(N, operating points) scores that each decision thresholds."""
     if state.task == "age":
         return outputs["prob_below"]
-    columns = []
-    for point in state.operating_points:
-        target = point.name.removeprefix("recall_")
-        columns.append(
-            outputs["unsafe_score"]
-            if target == "unsafe"
-            else outputs["probabilities"][:, state.content.classes.index(target)]
-        )
+    columns = [
+        outputs["unsafe_score"]
+        if point.target == "unsafe"
+        else outputs["probabilities"][:, state.content.classes.index(point.target)]
+        for point in state.operating_points
+    ]
     return np.stack(columns, axis=1)
 
 

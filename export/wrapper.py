@@ -60,10 +60,7 @@ class ContentExportWrapper(nn.Module):
             else None
         )
         # Each operating point scores either one class probability or the unsafe score (column -1).
-        columns = [
-            calibration.classes.index(p.name.removeprefix("recall_")) if p.name != "recall_unsafe" else -1
-            for p in points
-        ]
+        columns = [calibration.classes.index(p.target) if p.target != "unsafe" else -1 for p in points]
         self.register_buffer("score_columns", torch.tensor(columns, dtype=torch.long))
         self.register_buffer("thresholds", _thresholds(points))
 

@@ -17,7 +17,7 @@ from calibration.content import ContentCalibration
 from calibration.state import CalibrationState
 from evaluation import report
 from evaluation.age import age_metrics, interval_coverage, mae
-from evaluation.content import content_metrics
+from evaluation.content import content_metrics, protected
 from evaluation.fairness import disparity_ratio, fairness_table
 from evaluation.robustness import PERTURBATIONS
 from evaluation.stats import not_measurable, proportion
@@ -72,8 +72,7 @@ def headline_functions(state: CalibrationState) -> dict:
                 f["expected_age"].to_numpy()[f["age"].to_numpy() < g] >= g, "minors"
             )
         for point in state.operating_points:
-            gate = float(point.name.removeprefix("gate"))
-            functions[f"{point.name}/minor_pass_rate"] = lambda f, g=gate, c=f"block_{point.name}": proportion(
+            functions[f"{point.name}/minor_pass_rate"] = lambda f, g=point.gate, c=f"block_{point.name}": proportion(
                 ~f[c].to_numpy(bool)[f["age"] < g], "minors"
             )
         return functions
@@ -83,16 +82,14 @@ def headline_functions(state: CalibrationState) -> dict:
         )
     }
     for point in state.operating_points:
-        target = point.name.removeprefix("recall_")
-        functions[f"{point.name}/recall"] = lambda f, t=target, c=f"block_{point.name}", s=state: proportion(
+        functions[f"{point.name}/recall"] = lambda f, t=point.target, c=f"block_{point.name}", s=state: proportion(
             f[c].to_numpy(bool)[_positives(f, t, s)], "positives"
         )
     return functions
 
 
 def _positives(frame: pd.DataFrame, target: str, state: CalibrationState) -> np.ndarray:
-    classes = np.asarray(state.content.classes)[frame["label"].to_numpy()]
-    return np.isin(classes, state.content.unsafe_classes) if target == "unsafe" else classes == target
+    return protected(frame["label"].to_numpy(), target, state.content.classes, state.content.unsafe_classes)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -118,7 +115,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         metrics, tables = age_metrics(frame, [g.gate for g in state.age.gates], cfg.evaluation.coverage)
     else:
         metrics, tables = content_metrics(
-            frame, state.content.classes, state.content.unsafe_classes, cfg.evaluation.base_rate
+            frame,
+            state.content.classes,
+            state.content.unsafe_classes,
+            cfg.evaluation.base_rate,
+            {point.name: point.target for point in state.operating_points},
         )
     functions = headline_functions(state)
     overall = {name: function(frame) for name, function in functions.items()}

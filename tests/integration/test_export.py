@@ -28,7 +28,7 @@ SIZE, N = 64, 48
 CLASSES = ["safe", "suggestive", "explicit"]
 
 
-def _point(name: str, threshold: float) -> OperatingPoint:
+def _point(name: str, threshold: float, target: str, gate: float | None = None) -> OperatingPoint:
     return OperatingPoint(
         name,
         threshold,
@@ -46,6 +46,8 @@ def _point(name: str, threshold: float) -> OperatingPoint:
             "miss_rate_ci_high": 0.07,
             "false_alarm_rate": 0.2,
         },
+        target=target,
+        gate=gate,
     )
 
 
@@ -63,9 +65,8 @@ def _age_case(backbone: str, head: str):
         calib_size=300,
         max_age=100.0,
     )
-    state = CalibrationState(
-        "age", None, "x.ckpt", 0.95, age=calibration, operating_points=[_point(f"gate{g}", 0.4) for g in (13, 16, 18)]
-    )
+    points = [_point(f"gate{g}", 0.4, "minor", g) for g in (13, 16, 18)]
+    state = CalibrationState("age", None, "x.ckpt", 0.95, age=calibration, operating_points=points)
     return module, state, "age"
 
 
@@ -86,7 +87,7 @@ def _content_case(backbone: str, method: str = "isotonic"):
         "x.ckpt",
         0.95,
         content=calibration,
-        operating_points=[_point("recall_explicit", 0.3), _point("recall_unsafe", 0.5)],
+        operating_points=[_point("recall_explicit", 0.3, "explicit"), _point("recall_unsafe", 0.5, "unsafe")],
     )
     return module.eval(), state, "label"
 

@@ -105,7 +105,9 @@ def test_content_metrics_match_references():
             "block_recall_explicit": probs[:, 2] >= 0.2,
         }
     )
-    metrics, tables = content_metrics(frame, classes, ["suggestive", "explicit"], base_rate=0.005)
+    metrics, tables = content_metrics(
+        frame, classes, ["suggestive", "explicit"], base_rate=0.005, targets={"recall_explicit": "explicit"}
+    )
     positives, negatives = probs[labels == 2, 2], probs[labels != 2, 2]
     brute_auc = np.mean([[p > q for q in negatives] for p in positives])
     assert metrics["explicit/auroc"].value == pytest.approx(brute_auc, abs=1e-6)
