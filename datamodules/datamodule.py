@@ -62,6 +62,7 @@ class CachedDataModule(L.LightningDataModule):
         num_workers: int = 0,
         render_workers: int = 2,
         pin_memory: bool = False,
+        prefetch_factor: int | None = None,
     ):
         super().__init__()
         self.cache_dir = cache_dir
@@ -72,6 +73,7 @@ class CachedDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.render_workers = render_workers  # processes that build the cache (render or decode)
         self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
         self.cached: CachedDataset | None = None
 
     def build(self) -> CachedDataset:
@@ -123,6 +125,7 @@ class CachedDataModule(L.LightningDataModule):
             "collate_fn": pass_through,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
+            "prefetch_factor": self.prefetch_factor if self.num_workers > 0 else None,
         }
 
     def train_dataloader(self) -> ResumableLoader:

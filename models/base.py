@@ -58,12 +58,16 @@ class WorkbenchModule(L.LightningModule):
         self.step(batch, "test")
 
     def configure_optimizers(self):
+        return self.build_optimizer(self.trainer.estimated_stepping_batches)
+
+    def build_optimizer(self, total_steps: int) -> dict[str, Any]:
+        """AdamW with a one-cycle schedule; apart from Lightning so a plain loop can train identically (bench)."""
         config = self.optimizer_config
         optimizer = torch.optim.AdamW(self.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=config["lr"],
-            total_steps=self.trainer.estimated_stepping_batches,
+            total_steps=total_steps,
             pct_start=config.get("warmup_fraction", 0.15),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from models.fast_path import apply_fast_path
 from scripts.hydra_app import register_resolvers, validate
 from tracking.errors import WorkbenchError
 
@@ -61,3 +63,30 @@ def test_fsdp_shards_every_module_of_a_million_parameters(tmp_path):
     big, small = nn.Linear(1000, 1000), nn.Linear(10, 10)
     assert policy(module=big, recurse=False, nonwrapped_numel=sum(p.numel() for p in big.parameters()))
     assert not policy(module=small, recurse=False, nonwrapped_numel=sum(p.numel() for p in small.parameters()))
+
+
+def test_gpu_fast_path_switches_are_on_for_a_gpu_and_off_on_cpu(tmp_path):
+    for accelerator, on in (("cpu", False), ("gpu", True)):
+        cfg = _train(tmp_path, f"trainer.accelerator={accelerator}")
+        assert cfg.trainer.precision == ("bf16-mixed" if on else "32-true")
+        assert cfg.callbacks.fast_path.channels_last is on
+        assert cfg.data.pin_memory is on
+        assert (cfg.data.num_workers > 0) is on and (cfg.data.prefetch_factor is not None) is on
+        assert cfg.callbacks.fast_path.compile is False  # opt-in everywhere
+
+
+def test_fast_path_keeps_outputs_and_parameter_names_on_cpu(tmp_path):
+    cfg = _train(tmp_path, "experiment=age_synthetic")
+    reference = instantiate(cfg.model).eval()
+    fast = instantiate(cfg.model).eval()
+    fast.load_state_dict(reference.state_dict())
+    apply_fast_path(fast, channels_last=True, compile=True, compile_mode=None)
+    conv = next(m for m in fast.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.backbone._compiled_call_impl is not None  # compiled in place: forward goes through torch.compile
+    assert fast.state_dict().keys() == reference.state_dict().keys()  # checkpoints and export unaffected
+    fast.backbone._compiled_call_impl = None  # compiling for real takes minutes on 2 cores; the layout is the point
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        expected, got = reference(images)["expected_age"], fast(images)["expected_age"]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,62 @@
+"""The benchmark harness end to end at tiny sizes: every section measured, written into the docs, logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import compose_stage
+from mlflow import MlflowClient
+
+from scripts.bench import DOCS_END, DOCS_START, bench, device_peak_flops, steady_rate, write_into_docs
+
+
+def test_bench_measures_every_section_writes_the_docs_and_logs_to_mlflow(tmp_path, tracking_uri, shared_cache):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# Measured\n\nhand-written\n\n{DOCS_START}\nstale\n{DOCS_END}\n\nmore hand-written\n")
+    cfg = compose_stage(
+        "bench",
+        tmp_path,
+        shared_cache,
+        "debug=smoke",
+        f"docs_file={docs}",
+        "bench.repeats=1",
+        "bench.warmup_steps=1",
+        "bench.steps=2",
+        "bench.render_images=2",
+        "bench.loader_seconds=0.2",
+        f"bundle={tmp_path / 'no-bundle'}",
+        # The GPU fast path's logic, run on CPU: bf16 autocast in both arms, channels_last weights.
+        "trainer.precision=bf16-mixed",
+        "callbacks.fast_path.channels_last=true",
+    )
+    figures = bench(cfg)
+
+    for key in ("lightning_img_s", "plain_img_s", "ratio", "mfu", "gflop_per_img"):
+        assert figures[f"bench/train/{key}"] > 0, key
+    assert figures["bench/train/mfu"] < 1  # a fraction of a peak that was actually stated
+    assert figures["bench/loader/img_s"] > 0 and figures["bench/render/img_s"] > 0
+    text = docs.read_text()
+    assert "stale" not in text and text.count("hand-written") == 2
+    assert "| pipeline / plain loop (target at least 0.95) |" in text and "peak = " in text
+    assert "not measured: no bundle" in text and "bf16-mixed" in text
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("childsafe-bench").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["bench/train/ratio"] == pytest.approx(figures["bench/train/ratio"])
+
+
+def test_steady_rate_counts_only_the_steps_after_warm_up():
+    assert steady_rate([1.0, 2.0, 3.0, 5.0], [128, 128, 128, 64], warmup=2) == pytest.approx((128 + 64) / 3.0)
+
+
+def test_a_configured_peak_wins_over_the_estimate():
+    assert device_peak_flops(torch.device("cpu"), 989.0) == (989e12, "989.0 TFLOP/s (bench.peak_tflops)")
+    estimated, basis = device_peak_flops(torch.device("cpu"), None)
+    assert estimated > 1e9 and "FLOP/cycle" in basis
+
+
+def test_docs_without_the_harness_section_are_refused(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        write_into_docs(docs, "| table |")
