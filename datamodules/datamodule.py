@@ -134,7 +134,15 @@ class CachedDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return ResumableLoader(
             dataset,
-            sampler=ResumableShuffle(len(dataset), self.shuffle_seed, self.batch_size, self._train_batches_done, epoch),
+            sampler=ResumableShuffle(
+                len(dataset),
+                self.shuffle_seed,
+                self.batch_size,
+                self._train_batches_done,
+                epoch,
+                num_replicas=self.trainer.world_size if self.trainer is not None else 1,
+                rank=self.trainer.global_rank if self.trainer is not None else 0,
+            ),
             # its own generator, so making an iterator never consumes the global random state
             generator=torch.Generator().manual_seed(self.shuffle_seed),
             **self._loader_options(),

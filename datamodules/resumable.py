@@ -13,25 +13,38 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class ResumableShuffle(Sampler[int]):
-    """A fresh permutation each epoch, drawn from (seed, epoch) alone, skipping what this epoch already trained."""
+class ResumableShuffle(DistributedSampler):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone, skipping what this epoch already trained.
 
-    def __init__(self, length: int, seed: int, batch_size: int, batches_done: Callable[[], int], epoch: int = 0):
-        self.length, self.seed, self.batch_size, self.epoch = length, seed, batch_size, epoch
+    Under DDP each rank takes every `num_replicas`-th index of the same permutation, padded as
+    DistributedSampler pads, so the shards are disjoint and a resumed rank skips only its own
+    batches. Being a DistributedSampler, it is kept by Lightning rather than wrapped in another.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        batch_size: int,
+        batches_done: Callable[[], int],
+        epoch: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.length, self.batch_size, self.epoch = length, batch_size, epoch
         self.batches_done = batches_done
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
-        yield from order[self.batches_done() * self.batch_size :].tolist()
+        shard = np.resize(order, self.total_size)[self.rank :: self.num_replicas]
+        yield from shard[self.batches_done() * self.batch_size :].tolist()
 
     def __len__(self) -> int:
-        return self.length  # the full epoch: Lightning counts a resumed epoch's batches from its own progress
+        return self.num_samples  # the full shard: Lightning counts a resumed epoch's batches from its own progress
 
 
 class ResumableLoader(DataLoader):
