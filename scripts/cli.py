@@ -17,7 +17,7 @@ STAGES = {
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
     "sync": ("scripts.sync", "deliver what runs spooled while the MLflow server was away"),
-    "bench": ("scripts.bench", "time an exported bundle on onnxruntime against PyTorch eager"),
+    "bench": ("scripts.bench", "training throughput vs a plain PyTorch loop, loader, rendering, MFU, ORT vs eager"),
     "pipeline": (
         "scripts.pipeline",
         "train, calibrate, evaluate, export, promote one experiment; resumes where it stopped",
