@@ -194,7 +194,7 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str]]:
         "bench/train/lightning_img_s": statistics.median(pipeline),
         "bench/train/plain_img_s": statistics.median(plain),
         "bench/loader/img_s": _median_of(
-            bench.repeats, lambda: loader_images_per_second(datamodule, datamodule.num_workers, bench.loader_seconds)
+            bench.repeats, lambda: loader_images_per_second(datamodule, bench.loader_workers, bench.loader_seconds)
         ),
         "bench/render/img_s": render_rate(datamodule.generator, bench.render_images, bench.repeats),
     }
@@ -211,7 +211,8 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str]]:
         f"| training, plain PyTorch loop (same module, loader, optimizer, precision) | "
         f"{figures['bench/train/plain_img_s']:.0f} img/s |",
         f"| pipeline / plain loop (target at least 0.95) | {figures['bench/train/ratio']:.3f} |",
-        f"| train loader alone / rate a training step consumes | {figures['bench/loader/img_s']:.0f} img/s / "
+        f"| train loader alone ({bench.loader_workers} workers) / rate a training step consumes | "
+        f"{figures['bench/loader/img_s']:.0f} img/s / "
         f"{figures['bench/train/lightning_img_s']:.0f} img/s = {figures['bench/loader/headroom']:.1f}x |",
         f"| synthetic rendering, one process ({cfg.data.generator._target_.rsplit('.', 1)[-1]}) | "
         f"{figures['bench/render/img_s']:.0f} img/s |",
