@@ -7,6 +7,7 @@ temporary file beside the target and renaming it makes the switch atomic on any 
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = self.staging_path(path)
-        with staging.open("wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)  # serialised first, so a full disk surfaces as OSError(ENOSPC)
+        try:
+            with staging.open("wb") as handle:
+                handle.write(buffer.getbuffer())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            staging.unlink(missing_ok=True)
+            raise OSError(error.errno, error.strerror, str(staging)) from error  # name the file that did not fit
         os.replace(staging, path)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
