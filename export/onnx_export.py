@@ -19,6 +19,7 @@ MAX_IR_VERSION = 10  # onnxruntime releases since 1.20 load IR 10
 
 def export_onnx(wrapper: nn.Module, image_size: int, path: Path, opset: int) -> str:
     """Write `wrapper` to `path` with a dynamic batch; returns the exporter that succeeded."""
+    wrapper.eval()  # inference behaviour (batch-norm statistics, no dropout) is what gets exported
     example = torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8)
     outputs = list(wrapper.output_names)
     try:
