@@ -35,6 +35,7 @@ from export.latency import median_seconds
 from models.base import WorkbenchModule
 from models.fast_path import apply_fast_path
 from scripts.hydra_app import run_stage
+from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
 
 DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -285,9 +286,13 @@ def _installed(name: str) -> bool:
 
 def write_into_docs(path: Path, table: str) -> None:
     """Replace the harness's own section of the markdown file, leaving the hand-written rest alone."""
-    text = path.read_text()
+    text = path.read_text() if path.is_file() else ""
     if DOCS_START not in text:
-        raise ValueError(f"{path} has no {DOCS_START} ... {DOCS_END} section for the harness to fill.")
+        raise WorkbenchError(
+            f"docs_file={path} has no {DOCS_START} ... {DOCS_END} section for the harness to fill (or does not "
+            "exist). Add the two markers where the table belongs, or pass docs_file=null; the table is in the run "
+            "folder's benchmark.md and in MLflow either way."
+        )
     head, rest = text.split(DOCS_START, 1)
     tail = rest.split(DOCS_END, 1)[1]
     path.write_text(f"{head}{DOCS_START}\n{table}\n{DOCS_END}{tail}")
@@ -304,11 +309,11 @@ def bench(cfg: DictConfig) -> dict[str, float]:
     output = Path(cfg.paths.output_dir) / "benchmark.md"
     output.write_text(table + "\n")
     print(table)
-    if cfg.docs_file:
-        write_into_docs(Path(cfg.docs_file), table)
     with stage_run("bench", None, str(cfg.task_name), "bench") as (client, run_id):
         log_metrics(client, run_id, figures)
         client.log_artifact(run_id, str(output), "bench")
+    if cfg.docs_file:
+        write_into_docs(Path(cfg.docs_file), table)
     return figures
 
 

@@ -8,6 +8,7 @@ from conftest import compose_stage
 from mlflow import MlflowClient
 
 from scripts.bench import DOCS_END, DOCS_START, bench, device_peak_flops, steady_rate, write_into_docs
+from tracking.errors import WorkbenchError
 
 
 def test_bench_measures_every_section_writes_the_docs_and_logs_to_mlflow(tmp_path, tracking_uri, shared_cache):
@@ -58,5 +59,5 @@ def test_a_configured_peak_wins_over_the_estimate():
 def test_docs_without_the_harness_section_are_refused(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="bench:start"):
+    with pytest.raises(WorkbenchError, match="bench:start"):
         write_into_docs(docs, "| table |")
