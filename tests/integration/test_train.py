@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import cli_train
 from mlflow import MlflowClient
 from omegaconf import open_dict
@@ -160,17 +161,23 @@ def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_
     command = cli_train(tmp_path / "outputs", shared_cache, "experiment=content_synthetic", "trainer.max_epochs=400")
     log = tmp_path / "stderr.txt"
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    deadline = time.monotonic() + 90
-    while not list((tmp_path / "outputs").rglob(RUN_RECORD)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    time.sleep(4)  # well into training
+    deadline = time.monotonic() + 180
+    while not list((tmp_path / "outputs").rglob("last.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the first step checkpoint: training is under way
+    (periodic,) = (tmp_path / "outputs").rglob("last.ckpt")
+    step_before = torch.load(periodic, map_location="cpu", weights_only=True)["global_step"]
     process.send_signal(getattr(signal, signal_name))
-    process.wait(timeout=120)
+    try:
+        process.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"no exit 180 s after {signal_name}; its stderr ends:\n{log.read_text()[-3000:]}")
     assert process.returncode == EXIT_CODES[signal_name], log.read_text()[-2000:]
     _, run = _only_run(tracking_uri)
     assert run.info.status == "KILLED"
     assert run.data.tags["killed.reason"] == REASONS[signal_name]
-    assert list((tmp_path / "outputs").rglob("last.ckpt"))
+    saved_on_signal = torch.load(periodic, map_location="cpu", weights_only=True)["global_step"]
+    assert saved_on_signal > step_before  # written when the signal came, not the periodic one
 
 
 @pytest.mark.slow
