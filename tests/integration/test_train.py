@@ -160,7 +160,14 @@ REASONS = {"SIGTERM": "SIGTERM (pre-emption)", "SIGINT": "SIGINT (Ctrl-C)"}
 def test_a_signal_saves_a_checkpoint_and_ends_the_run_killed(tmp_path, tracking_uri, shared_cache, signal_name):
     command = cli_train(tmp_path / "outputs", shared_cache, "experiment=content_synthetic", "trainer.max_epochs=400")
     log = tmp_path / "stderr.txt"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    # As from a terminal: SIGINT at its default even when the tests run as a background job (which ignores it).
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 180
     while not list((tmp_path / "outputs").rglob("last.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.5)  # the first step checkpoint: training is under way
