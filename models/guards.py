@@ -37,8 +37,8 @@ class FiniteGuard(L.Callback):
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
-        if not named or torch.isfinite(torch.stack([g.detach().float().norm() for _, g in named]).sum()):
-            return  # one device sync per step; the per-parameter search below runs only on failure
+        if not named or torch.isfinite(torch.nn.utils.get_total_norm([g.detach() for _, g in named])):
+            return  # one fused norm and one device sync per step; the per-parameter search runs only on failure
         culprit = next(name for name, g in named if not torch.isfinite(g).all())
         self._stop(trainer, f"The gradient of {culprit} became non-finite")
 
