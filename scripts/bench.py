@@ -227,7 +227,8 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str]]:
     peak, peak_basis = device_peak_flops(device, bench.peak_tflops)
     figures["bench/train/gflop_per_img"] = flops / 1e9
     figures["bench/train/mfu"] = flops * figures["bench/train/lightning_img_s"] / peak
-    model = f"{cfg.model.backbone.name} at {cfg.data.generator.image_size} px, batch {datamodule.batch_size}"
+    module = cfg.model._target_.rsplit(".", 1)[-1]
+    model = f"{module}, {cfg.model.backbone.name} at {cfg.data.generator.image_size} px, batch {datamodule.batch_size}"
     rows = [
         f"| training, Lightning pipeline ({model}, {cfg.trainer.precision}, {device.type}) | "
         f"{figures['bench/train/lightning_img_s']:.0f} img/s |",
