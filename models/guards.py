@@ -36,10 +36,12 @@ class FiniteGuard(L.Callback):
             self._stop(trainer, f"The training loss became {loss.detach().float().item()}")
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
-        if not named or torch.isfinite(torch.nn.utils.get_total_norm([g.detach() for _, g in named])):
-            return  # one fused norm and one device sync per step; the per-parameter search runs only on failure
-        culprit = next(name for name, g in named if not torch.isfinite(g).all())
+        grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
+        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            return  # one fused norm and one device sync per step; names are looked up only on failure
+        culprit = next(
+            name for name, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        )
         self._stop(trainer, f"The gradient of {culprit} became non-finite")
 
 
