@@ -3,7 +3,8 @@
 A run's metrics, params, tags, artefacts and final status are written to MLflow as it trains. If
 the server goes away mid-run, losing them (or stopping a multi-hour job) are both wrong, so the
 client below writes each call it could not deliver to `<run folder>/mlflow-spool/` and keeps going;
-`childsafe sync` replays the spool, in order, once the server is back.
+`childsafe sync` replays the spool, in order, once the server is back. Lightning's side of it is
+in tracking/spool_logger.py, so that `childsafe sync` starts without importing Lightning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric, Param, RunTag
 
 from tracking.errors import WorkbenchError
@@ -93,27 +93,6 @@ class SpoolingClient:
             copy.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(local_path, copy)
             self._spool({"method": "log_artifact", "run_id": run_id, "path": str(copy), "artifact_path": artifact_path})
-
-
-class SpoolingMLFlowLogger(MLFlowLogger):
-    """Lightning's MLflow logger over a `SpoolingClient`; the train stage, not the logger, ends the run."""
-
-    def __init__(self, *args: Any, run_dir: str, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.spool_dir = Path(run_dir) / SPOOL_DIR
-        # MLflow retries a refused request for minutes by default; give up in seconds and spool instead.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-
-    @property
-    def experiment(self) -> SpoolingClient:
-        client = super().experiment
-        if not isinstance(client, SpoolingClient):
-            client = self._mlflow_client = SpoolingClient(client, self._tracking_uri, self.spool_dir)
-        return client
-
-    def finalize(self, status: str = "success") -> None:
-        """A no-op: train.py sets FINISHED, FAILED or KILLED itself, after testing, and spools it in an outage."""
 
 
 def find_spools(root: Path) -> list[Path]:

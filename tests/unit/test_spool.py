@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import free_port
@@ -40,3 +43,9 @@ def test_an_unreachable_server_spools_every_write_in_order(tmp_path, monkeypatch
     with pytest.raises(WorkbenchError, match="not reachable"):
         replay(tmp_path / "mlflow-spool")  # still down: the spool stays for a later sync
     assert find_spools(tmp_path) == [tmp_path / "mlflow-spool"]
+
+
+def test_sync_starts_without_importing_lightning_or_torch():
+    probe = "import sys, scripts.sync; assert not {'lightning', 'torch'} & set(sys.modules), 'heavy import'"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
