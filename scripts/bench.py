@@ -119,8 +119,14 @@ def fresh_datamodule(cfg: DictConfig):
 def read_batches(datamodule, count: int) -> list[dict[str, torch.Tensor]]:
     """The shuffled train batches both arms train on, read once: loading is timed on its own (section 2)."""
     batches: list[dict[str, torch.Tensor]] = []
-    while len(batches) < count:
-        batches.extend(itertools.islice(datamodule.train_dataloader(), count - len(batches)))
+    while len(batches) < count:  # as many epochs as it takes
+        epoch = list(itertools.islice(datamodule.train_dataloader(), count - len(batches)))
+        if not epoch:
+            raise WorkbenchError(
+                "The train split has no batches to benchmark on: check the data config (data.batch_size against "
+                "the size of the train split)."
+            )
+        batches.extend(epoch)
     return batches
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -85,6 +86,13 @@ def test_the_plain_loop_trains_its_twin_step_by_step_beside_the_pipeline(tmp_pat
     trained = list(timings.twin.parameters())
     assert all(a.shape == b.shape for a, b in zip(start, trained, strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(start, trained, strict=True))
+
+
+def test_batches_are_read_over_as_many_epochs_as_needed_and_an_empty_split_is_refused():
+    epoch = [{"image": torch.zeros(2, 3, 4, 4)}] * 2
+    assert len(read_batches(SimpleNamespace(train_dataloader=lambda: iter(epoch)), 5)) == 5
+    with pytest.raises(WorkbenchError, match="no batches to benchmark"):
+        read_batches(SimpleNamespace(train_dataloader=lambda: iter([])), 3)
 
 
 def test_steady_rate_counts_only_the_steps_after_warm_up():
