@@ -14,7 +14,6 @@ The table goes to the run folder, to MLflow and, with `docs_file` set, into docs
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import platform
 import re
@@ -55,8 +54,8 @@ class PlainLoopAlongside(L.Callback):
     that alternate every step see the same load, where arms run one after the other do not.
     """
 
-    def __init__(self, twin: WorkbenchModule, batches: list[dict[str, torch.Tensor]], precision: str):
-        self.twin, self.precision, self.steps = twin, precision, len(batches)
+    def __init__(self, twin: WorkbenchModule, batches: list[dict[str, torch.Tensor]]):
+        self.twin, self.steps = twin, len(batches)
         # Copies, so neither arm finds the other's batch warm in the CPU caches; read through a loader, like Lightning.
         copies = [{key: value.clone() for key, value in batch.items()} for batch in batches]
         self.batches = iter(DataLoader(copies, batch_size=None))
@@ -78,7 +77,7 @@ class PlainLoopAlongside(L.Callback):
         self.pipeline_seconds.append(paused - self.resumed)
         batch = {key: value.to(device, non_blocking=True) for key, value in next(self.batches).items()}
         with torch.enable_grad():
-            with _autocast(self.precision, device):  # Lightning's precision plugin wraps the forward only
+            with trainer.precision_plugin.train_step_context():  # the autocast Lightning puts around the step
                 loss = self.twin.training_step(batch, batch_idx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -98,15 +97,6 @@ def steady_rate(seconds: list[float], images: list[int], warmup: int) -> float:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """What Lightning's precision plugin does around the step, for the plain loop."""
-    if precision.startswith("bf16"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision.startswith("16"):
-        return torch.autocast(device.type, dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def fresh_datamodule(cfg: DictConfig):
@@ -148,7 +138,7 @@ def train_side_by_side(
     L.seed_everything(cfg.seed)
     model = instantiate(cfg.model)
     L.seed_everything(cfg.seed)
-    plain = PlainLoopAlongside(plain_model(cfg), batches, str(cfg.trainer.precision))
+    plain = PlainLoopAlongside(plain_model(cfg), batches)
     callbacks = [*extra, *(instantiate(c) for c in cfg.callbacks.values() if c is not None), plain]
     trainer: L.Trainer = instantiate(
         cfg.trainer,

@@ -12,6 +12,7 @@ import torch
 from conftest import compose_stage
 from mlflow import MlflowClient
 
+import scripts.bench
 from scripts.bench import (
     DOCS_END,
     DOCS_START,
@@ -86,6 +87,26 @@ def test_the_plain_loop_trains_its_twin_step_by_step_beside_the_pipeline(tmp_pat
     trained = list(timings.twin.parameters())
     assert all(a.shape == b.shape for a, b in zip(start, trained, strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(start, trained, strict=True))
+
+
+def test_the_plain_step_runs_under_the_pipelines_autocast(tmp_path, shared_cache, monkeypatch):
+    cfg = compose_stage("bench", tmp_path, shared_cache, "debug=smoke", "trainer.precision=bf16-mixed")
+    dtypes = []
+
+    def recording_twin(cfg, compile=True):
+        twin = plain_model(cfg, compile)
+        step = twin.training_step
+
+        def recorded_step(batch, batch_idx):
+            dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return step(batch, batch_idx)
+
+        twin.training_step = recorded_step
+        return twin
+
+    monkeypatch.setattr(scripts.bench, "plain_model", recording_twin)
+    train_side_by_side(cfg, read_batches(fresh_datamodule(cfg), 2))
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
 
 
 def test_batches_are_read_over_as_many_epochs_as_needed_and_an_empty_split_is_refused():
