@@ -15,9 +15,20 @@ from scipy.special import softmax
 from calibration.age import AgeCalibration
 from calibration.content import ContentCalibration
 from calibration.metrics import binary_scores, multiclass_scores
-from calibration.operating_points import OperatingPoint, certify_threshold, measure
+from calibration.operating_points import (
+    OperatingPoint,
+    at_threshold,
+    certify_threshold,
+    is_degenerate,
+    measure,
+    row_units,
+    unit_rate,
+    upper_bound,
+)
 from calibration.plots import reliability_diagram
+from evaluation.content import protected
 from models.predict import as_numpy
+from tracking.errors import WorkbenchError
 
 
 @dataclass
@@ -31,15 +42,61 @@ class CalibrationResult:
 
 def _certify(
     name: str,
-    calib: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
+    calib: Scores,
+    test: Scores,
     max_miss_rate: float,
-    confidence: float,
+    settings: DictConfig,
     target: str,
     gate: float | None = None,
+    base_rate: float | None = None,
 ) -> OperatingPoint:
-    point = certify_threshold(name, calib[0], calib[1], max_miss_rate, confidence)
-    return replace(point, test=measure(point, *test), target=target, gate=gate)
+    """Certify on calib per unit, measure on test, and mark a point that buys its recall by flagging all."""
+    point = certify_threshold(
+        name, calib.positive, calib.negative, max_miss_rate, settings.confidence, calib.positive_units, calib.unit
+    )
+    point = replace(point, target=target, gate=gate, labels=calib.labels)
+    return _measured(point, test, settings, base_rate)
+
+
+def _measured(point: OperatingPoint, test: Scores, settings: DictConfig, base_rate: float | None) -> OperatingPoint:
+    point = replace(point, test=measure(point, *test.arrays(), base_rate=base_rate))
+    return replace(point, degenerate=is_degenerate(point, settings.max_false_alarm_rate))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One split's scores for one operating point, split into positives and negatives, with their units."""
+
+    positive: np.ndarray
+    negative: np.ndarray
+    positive_units: np.ndarray
+    negative_units: np.ndarray
+    unit: str
+    labels: str
+
+    @classmethod
+    def of(cls, score: np.ndarray, is_positive: np.ndarray, units: np.ndarray, unit: str, labels: str) -> Scores:
+        return cls(score[is_positive], score[~is_positive], units[is_positive], units[~is_positive], unit, labels)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.positive, self.negative, self.positive_units, self.negative_units
+
+
+def units_of(manifest: pd.DataFrame, outputs: dict[str, torch.Tensor]) -> np.ndarray:
+    """The person or scene of each predicted image: the unit every certificate counts."""
+    return row_units(manifest.loc[as_numpy(outputs, "position")])
+
+
+def reference_labels(cfg: DictConfig, manifest: pd.DataFrame) -> str:
+    """The manifest column content guarantees refer to: clean labels where the data has them."""
+    if cfg.reference_labels == "auto":
+        return "true_label" if "true_label" in manifest.columns else "label"
+    if cfg.reference_labels not in manifest.columns:
+        raise WorkbenchError(
+            f"calibration.content.reference_labels={cfg.reference_labels!r} is not a column of this dataset's "
+            f"manifest (columns: {sorted(manifest.columns)}). Use auto, label, or a column the manifest has."
+        )
+    return str(cfg.reference_labels)
 
 
 def group_labels(manifest: pd.DataFrame, positions: np.ndarray, attributes: list[str]) -> np.ndarray:
@@ -50,17 +107,18 @@ def group_labels(manifest: pd.DataFrame, positions: np.ndarray, attributes: list
 def calibrate_content(
     calib: dict[str, torch.Tensor],
     test: dict[str, torch.Tensor],
+    manifest: pd.DataFrame,
     classes: list[str],
     settings: DictConfig,
-    confidence: float,
     figures_dir: Path,
 ) -> CalibrationResult:
     cfg = settings.content
     state = ContentCalibration.fit(
         cfg.method, as_numpy(calib, "logits"), as_numpy(calib, "target"), classes, list(cfg.unsafe_classes)
     )
+    labels_column = reference_labels(cfg, manifest)
     result = CalibrationResult(content=state)
-    scores: dict[str, dict[str, np.ndarray]] = {}
+    scores: dict[str, dict[str, Scores]] = {}
     for split, outputs in (("calib", calib), ("test", test)):
         logits, labels = as_numpy(outputs, "logits"), as_numpy(outputs, "target")
         is_unsafe = np.isin(np.asarray(classes)[labels], state.unsafe_classes)
@@ -73,11 +131,18 @@ def calibrate_content(
                 result.metrics[f"{split}/content/{name}_{stage}"] = value
             for name, value in binary_scores(unsafe, is_unsafe).items():
                 result.metrics[f"{split}/content/unsafe_{name}_{stage}"] = value
-        result.metrics[f"{split}/content/ece"] = result.metrics[f"{split}/content/ece_after"]
-        scores[split] = {"unsafe": (state.unsafe_score(logits), is_unsafe)}
-        for target in cfg.operating_classes:
-            column = classes.index(target)
-            scores[split][target] = (after[:, column], labels == column)
+        # Calibration fits the observed labels; guarantees refer to the reference labels (clean where known).
+        reference = manifest.loc[as_numpy(outputs, "position"), labels_column].to_numpy().astype(int)
+        units = units_of(manifest, outputs)
+        columns = {"unsafe": state.unsafe_score(logits)} | {
+            c: after[:, classes.index(c)] for c in cfg.operating_classes
+        }
+        scores[split] = {
+            target: Scores.of(
+                score, protected(reference, target, classes, state.unsafe_classes), units, "scenes", labels_column
+            )
+            for target, score in columns.items()
+        }
         result.figures.append(
             reliability_diagram(
                 {
@@ -90,23 +155,106 @@ def calibrate_content(
         )
 
     for name in [*cfg.operating_classes, "unsafe"]:
-        (c_score, c_pos), (t_score, t_pos) = scores["calib"][name], scores["test"][name]
         point = _certify(
             f"recall_{name}",
-            (c_score[c_pos], c_score[~c_pos]),
-            (t_score[t_pos], t_score[~t_pos]),
+            scores["calib"][name],
+            scores["test"][name],
             1 - cfg.min_recall,
-            confidence,
+            settings,
             target=name,
+            base_rate=cfg.base_rate,
         )
         result.operating_points.append(point)
-        result.metrics |= {
-            f"calib/content/{point.name}/threshold": point.threshold,
-            f"calib/content/{point.name}/recall_lower_bound": 1 - point.miss_rate_upper_bound,
-            f"test/content/{point.name}/recall": 1 - point.test["miss_rate"],
-            f"test/content/{point.name}/fpr": point.test["false_alarm_rate"],
-        }
+        result.metrics |= point_metrics("content", point)
     return result
+
+
+def point_metrics(task: str, point: OperatingPoint) -> dict[str, float]:
+    """The numbers of one operating point MLflow charts; its full record is the calibration state artefact."""
+    test = point.test
+    if task == "content":
+        values = {
+            "calib/recall_lower_bound": 1 - point.miss_rate_upper_bound,
+            "test/recall": None if test["miss_rate"] is None else 1 - test["miss_rate"],
+            "test/false_alarm_rate": test["false_alarm_rate"],
+        }
+    else:
+        values = {
+            "calib/minor_pass_rate_upper_bound": point.miss_rate_upper_bound,
+            "test/minor_pass_rate": test["miss_rate"],
+            "test/minor_pass_rate_ci_high": test["miss_rate_ci_high"],
+            "test/adult_false_rejection": test["false_alarm_rate"],
+        }
+        for year in test["near_gate"]:
+            values[f"test/pass_rate_age{year['age']}"] = year["rate"]
+    values |= {
+        "calib/threshold": point.threshold,
+        f"calib/certified_{point.unit}": point.positives,
+        "test/precision_at_base_rate": test["precision_at_base_rate"],
+        "test/degenerate": float(point.degenerate),
+    }
+    return {
+        f"{key.split('/')[0]}/{task}/{point.name}/{key.split('/', 1)[1]}": float(value)
+        for key, value in values.items()
+        if value is not None
+    }
+
+
+def near_gate_years(gate: float, years: int) -> list[int]:
+    """The age years just below a gate, T-years .. T-1, where a gate most often lets a minor through."""
+    return [year for year in range(math.ceil(gate) - years, math.ceil(gate)) if year >= 0]
+
+
+def certify_near_gate(
+    point: OperatingPoint, calib: Scores, positive_age: np.ndarray, years: list[int], max_pass_rate: float
+) -> OperatingPoint:
+    """Lower the gate's threshold until each near-gate year meets its own per-person target too."""
+    in_year = {year: np.floor(positive_age) == year for year in years}
+    thresholds = [point.threshold]
+    for year, members in in_year.items():
+        certificate = certify_threshold(
+            f"{point.name}_age{year}",
+            calib.positive[members],
+            calib.negative,
+            max_pass_rate,
+            point.confidence,
+            calib.positive_units[members],
+            calib.unit,
+        )
+        thresholds.append(certificate.threshold)
+    shipped = at_threshold(
+        point.name,
+        min(thresholds),
+        calib.positive,
+        calib.negative,
+        point.target_max_miss_rate,
+        point.confidence,
+        calib.positive_units,
+        calib.unit,
+    )
+    records = []
+    for year, members in in_year.items():
+        passed = unit_rate(calib.positive[members] < shipped.threshold, calib.positive_units[members], point.confidence)
+        records.append(
+            {
+                "age": year,
+                "target_max_pass_rate": max_pass_rate,
+                "calib_units": passed["units"],
+                "calib_misses": passed["hits"],
+                "pass_rate_upper_bound": float(upper_bound(passed["hits"], passed["units"], point.confidence)),
+            }
+        )
+    return replace(shipped, target=point.target, gate=point.gate, labels=point.labels, near_gate=records)
+
+
+def near_gate_rates(scores: Scores, positive_age: np.ndarray, threshold: float, years: list[int], confidence: float):
+    """Per-person pass rate of each year below the gate on a split, with its exact interval."""
+    rates = []
+    for year in years:
+        members = np.floor(positive_age) == year
+        rate = unit_rate(scores.positive[members] < threshold, scores.positive_units[members], confidence)
+        rates.append({"age": year} | rate | ({"reason": f"no {scores.unit} aged {year}"} if not rate["units"] else {}))
+    return rates
 
 
 def calibrate_age(
@@ -115,7 +263,6 @@ def calibrate_age(
     test: dict[str, torch.Tensor],
     manifest: pd.DataFrame,
     settings: DictConfig,
-    confidence: float,
     figures_dir: Path,
 ) -> CalibrationResult:
     cfg, head = settings.age, model.head
@@ -149,10 +296,6 @@ def calibrate_age(
             prefix = f"{split}/age/gate{gate:g}"
             for stage, probs in (("before", before[:, i]), ("after", after[:, i])):
                 result.metrics |= {f"{prefix}/{k}_{stage}": v for k, v in binary_scores(probs, minor).items()}
-            result.metrics |= {
-                f"{prefix}/ece": result.metrics[f"{prefix}/ece_after"],
-                f"{prefix}/brier": result.metrics[f"{prefix}/brier_after"],
-            }
             curves |= {f"P(age<{gate:g}) before": (before[:, i], minor), f"P(age<{gate:g}) after": (after[:, i], minor)}
         result.figures.append(
             reliability_diagram(
@@ -173,17 +316,20 @@ def calibrate_age(
             result.metrics[f"{prefix}/{group}/count"] = float(members.sum())
 
     age_calib, expected_calib = as_numpy(calib, "target"), as_numpy(calib, "expected_age")
+    units = {"calib": units_of(manifest, calib), "test": units_of(manifest, test)}
     for i, gate in enumerate(gates):
         c_minor, t_minor = age_calib < gate, age_test < gate
-        c_score, t_score = calibrated["calib"][:, i], calibrated["test"][:, i]
+        calib_scores = Scores.of(calibrated["calib"][:, i], c_minor, units["calib"], "subjects", "age")
+        test_scores = Scores.of(calibrated["test"][:, i], t_minor, units["test"], "subjects", "age")
+        years = near_gate_years(gate, cfg.near_gate_years)
         point = _certify(
-            f"gate{gate:g}",
-            (c_score[c_minor], c_score[~c_minor]),
-            (t_score[t_minor], t_score[~t_minor]),
-            cfg.max_minor_pass_rate,
-            confidence,
-            target="minor",
-            gate=gate,
+            f"gate{gate:g}", calib_scores, test_scores, cfg.max_minor_pass_rate, settings, "minor", gate, cfg.base_rate
+        )
+        if cfg.near_gate_max_pass_rate is not None:
+            point = certify_near_gate(point, calib_scores, age_calib[c_minor], years, cfg.near_gate_max_pass_rate)
+            point = _measured(point, test_scores, settings, cfg.base_rate)
+        point.test["near_gate"] = near_gate_rates(
+            test_scores, age_test[t_minor], point.threshold, years, settings.confidence
         )
         # The same guarantee on the predicted age alone, NIST's "challenge age": pass when predicted age > c.
         challenge = certify_threshold(
@@ -191,22 +337,16 @@ def calibrate_age(
             -expected_calib[c_minor],
             -expected_calib[~c_minor],
             cfg.max_minor_pass_rate,
-            confidence,
+            settings.confidence,
+            units["calib"][c_minor],
+            "subjects",
         )
-        prefix = f"gate{gate:g}"
-        result.metrics |= {
-            f"calib/age/{prefix}/threshold": point.threshold,
-            f"calib/age/{prefix}/minor_pass_rate_upper_bound": point.miss_rate_upper_bound,
-            f"calib/age/{prefix}/challenge_age": -challenge.threshold,
-            f"test/age/{prefix}/minor_pass_rate": point.test["miss_rate"],
-            f"test/age/{prefix}/minor_pass_rate_ci_high": point.test["miss_rate_ci_high"],
-            f"test/age/{prefix}/adult_false_rejection": point.test["false_alarm_rate"],
-        }
+        result.metrics[f"calib/age/gate{gate:g}/challenge_age"] = -challenge.threshold
+        t_score = calibrated["test"][:, i]
         for year in range(int(gate), int(gate) + cfg.cost_years):
             in_year = (age_test >= year) & (age_test < year + 1)
-            rate = float((t_score[in_year] >= point.threshold).mean()) if in_year.any() else math.nan
+            rate = float((t_score[in_year] >= point.threshold).mean()) if in_year.any() else None
             point.test[f"false_rejection_age{year}"] = rate
-            if in_year.any():
-                result.metrics[f"test/age/{prefix}/false_rejection_age{year}"] = rate
+        result.metrics |= point_metrics("age", point)
         result.operating_points.append(point)
     return result

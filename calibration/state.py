@@ -23,10 +23,11 @@ class CalibrationState:
     content: ContentCalibration | None = None
     age: AgeCalibration | None = None
     operating_points: list[OperatingPoint] = field(default_factory=list)
+    max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(asdict(self), indent=2, allow_nan=False)
 
     def save(self, path: Path) -> Path:
         path.write_text(self.to_json())

@@ -6,6 +6,7 @@ Its JSON Schema (`contract.schema.json`) is versioned with it; see docs/export-c
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from calibration.operating_points import COMPARISON
 from calibration.state import CalibrationState
 from models.base import IMAGENET_MEAN, IMAGENET_STD
 from tracking.errors import WorkbenchError
@@ -22,8 +24,30 @@ SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 METADATA_KEY = "childsafe_contract"
 
 
+def non_finite_fields(value: Any, path: str = "") -> list[str]:
+    """Dotted paths of NaN or infinite numbers, which strict JSON parsers (JSON.parse) reject."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path or "<root>"]
+    if isinstance(value, dict):
+        return [f for key, item in value.items() for f in non_finite_fields(item, f"{path}.{key}".lstrip("."))]
+    if isinstance(value, list | tuple):
+        return [f for index, item in enumerate(value) for f in non_finite_fields(item, f"{path}.{index}")]
+    return []
+
+
+def contract_text(contract: dict[str, Any]) -> str:
+    """The contract as strict JSON: a figure the data cannot support is null with a reason, never NaN."""
+    return json.dumps(contract, indent=2, sort_keys=True, allow_nan=False)
+
+
 def validate_contract(contract: dict[str, Any]) -> None:
-    """Raise a WorkbenchError naming the first field that breaks the schema."""
+    """Raise a WorkbenchError naming the first field that breaks the schema or is not a finite number."""
+    non_finite = non_finite_fields(contract)
+    if non_finite:
+        raise WorkbenchError(
+            f"Export contract field '{non_finite[0]}' is NaN or infinite ({len(non_finite)} such fields). "
+            "Strict JSON parsers reject it: write null with a reason beside it instead."
+        )
     validator = Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
     errors = sorted(validator.iter_errors(contract), key=lambda e: list(e.absolute_path))
     if errors:
@@ -102,22 +126,32 @@ def _operating_points(state: CalibrationState) -> list[dict[str, Any]]:
                 if point.target == "unsafe"
                 else {"output": "probabilities", "column": state.content.classes.index(point.target)}
             )
-            meaning = f"recall of '{point.target}' at least {1 - point.target_max_miss_rate:g}"
+            meaning = f"at least {1 - point.target_max_miss_rate:g} of '{point.target}' scenes are flagged"
         points.append(
             {
                 "name": point.name,
+                "target": point.target,
+                "gate": point.gate,
                 "decision_column": column,
                 "score": score,
                 "threshold": point.threshold,
+                "comparison": COMPARISON,
                 "rule": "decision = score >= threshold",
+                "degenerate": point.degenerate,
                 "guarantee": {
                     "meaning": meaning,
+                    "unit": point.unit,
+                    "unit_rule": f"one of the {point.unit} counts as missed when any of its positive images is missed",
+                    "labels": point.labels,
                     "target_max_miss_rate": point.target_max_miss_rate,
                     "confidence": point.confidence,
-                    "bound": "one-sided Clopper-Pearson upper bound on the miss rate, calib split",
-                    "calib_positives": point.positives,
+                    "bound": f"one-sided Clopper-Pearson upper bound on the miss rate over {point.unit}, calib split",
+                    "calib_units": point.positives,
+                    "calib_images": point.positive_images,
                     "calib_misses": point.misses,
                     "miss_rate_upper_bound": point.miss_rate_upper_bound,
+                    "calib_false_alarm_rate": point.false_alarm_rate,
+                    "near_gate": point.near_gate,
                 },
                 "test": point.test,
             }
@@ -146,6 +180,8 @@ def _calibration(state: CalibrationState) -> dict[str, Any]:
             for i in a.intervals
         ],
         "calib_size": a.calib_size,
+        "max_age": a.max_age,
+        "clipping": f"expected age and interval ends are clipped to [0, {a.max_age:g}] years",
     }
 
 
@@ -160,6 +196,7 @@ def build_contract(
     exporter: str,
     smoothing: dict[str, Any],
     face_crop: dict[str, Any] | None,
+    release: dict[str, Any],
     quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     contract = {
@@ -207,6 +244,7 @@ def build_contract(
             "exporter": exporter,
         },
         "runtime": {"smoothing": smoothing},
+        "release": release,
     }
     if face_crop is not None:
         contract["input"]["face_crop"] = face_crop

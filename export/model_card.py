@@ -18,8 +18,19 @@ OUT_OF_SCOPE = {
 }
 
 
-def _ci(metric: dict[str, float]) -> str:
-    return f"{metric['value']:.4f} (95% CI {metric['ci_low']:.4f}-{metric['ci_high']:.4f}, n={metric['n']})"
+def _ci(metric: dict[str, Any]) -> str:
+    return f"{_rate(metric, 'value', ends=('ci_low', 'ci_high'))}, n={metric['n']}"
+
+
+def _number(value: float | None) -> str:
+    return "not measurable" if value is None else f"{value:.4f}"
+
+
+def _rate(record: dict[str, Any], key: str, ends: tuple[str, str] | None = None) -> str:
+    low, high = ends or (f"{key}_ci_low", f"{key}_ci_high")
+    if record.get(key) is None:
+        return f"not measurable ({record.get('reason', 'no data')})"
+    return f"{record[key]:.4f} ({_number(record[low])}-{_number(record[high])})"
 
 
 def render_model_card(contract: dict[str, Any]) -> str:
@@ -69,16 +80,43 @@ def render_model_card(contract: dict[str, Any]) -> str:
         "## Metrics",
         f"- Test {headline}: {_ci(metrics['headline'])}.",
         "",
-        "| operating point | threshold | guarantee (calib) | test miss rate (95% CI) | test false-alarm rate |",
-        "|---|---|---|---|---|",
+        "Every guarantee and test miss rate counts people (age) or scenes (content), not images: one of them "
+        "counts as missed when any of its images is missed. Thresholds are float32 and the graph compares its own "
+        "float32 scores with them; export recounted every certificate's misses with onnxruntime on the calib split. "
+        "False-alarm rates are shares of negative images flagged, with a 95% interval from a bootstrap over people "
+        f"or scenes; a point flagging more than {contract['release'].get('max_false_alarm_rate', 0.5):g} of them is "
+        "degenerate and is not published unless explicitly allowed.",
+        "",
+        "| operating point | threshold | guarantee (calib) | test miss rate (95% CI) | test false-alarm rate (95% CI)"
+        " | precision at base rate |",
+        "|---|---|---|---|---|---|",
     ]
     for point in contract["operating_points"]:
-        test = point["test"]
+        test, guarantee = point["test"], point["guarantee"]
         lines.append(
-            f"| {point['name']} | {point['threshold']:.4g} | {point['guarantee']['meaning']} at "
-            f"{point['guarantee']['confidence']:g} confidence | {test['miss_rate']:.4f} "
-            f"({test['miss_rate_ci_low']:.4f}-{test['miss_rate_ci_high']:.4f}) | {test['false_alarm_rate']:.4f} |"
+            f"| {point['name']}{' (degenerate)' if point['degenerate'] else ''} | {point['threshold']:.6g} | "
+            f"{guarantee['meaning']} at {guarantee['confidence']:g} confidence: {guarantee['calib_misses']} of "
+            f"{guarantee['calib_units']} {guarantee['unit']} missed, bound {guarantee['miss_rate_upper_bound']:.4f}; "
+            f"labels `{guarantee['labels']}` | {_rate(test, 'miss_rate')} of {test['positives']} {guarantee['unit']} | "
+            f"{_rate(test, 'false_alarm_rate')} | {_number(test['precision_at_base_rate'])} at base rate "
+            f"{_number(test['base_rate'])} |"
         )
+    near_gate = [(p["name"], year) for p in contract["operating_points"] for year in p["test"].get("near_gate", [])]
+    if near_gate:
+        lines += [
+            "",
+            "Pass rates just below each gate (test split, per person, exact 95% interval), where pooled rates hide "
+            "failures:",
+            "",
+            "| gate | true age | pass rate (95% CI) | people |",
+            "|---|---|---|---|",
+            *[
+                f"| {name} | {year['age']} | {_rate(year, 'rate', ends=('ci_low', 'ci_high'))} | {year['units']} |"
+                for name, year in near_gate
+            ],
+        ]
+    for warning in contract["release"]["warnings"]:
+        lines.append(f"- **Warning:** {warning}")
     lines += ["", "## Fairness slices", ""]
     if metrics["slices"]:
         lines += [f"| attribute | value | test {headline} |", "|---|---|---|"]

@@ -61,6 +61,6 @@ def embed_contract(path: Path, contract: dict[str, Any]) -> None:
     """Carry the contract inside the model too, so it survives losing the sidecar (anomalib's lesson)."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(contract, sort_keys=True))
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(contract, sort_keys=True, allow_nan=False))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))

@@ -31,25 +31,25 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
     calib, test = predict(model, datamodule.dataset("calib")), predict(model, datamodule.dataset("test"))
 
     figures_dir = output_dir / "figures"
-    settings, confidence = cfg.calibration, cfg.calibration.confidence
+    settings, manifest = cfg.calibration, datamodule.load().manifest
     with stage_run("calibrate", trained.run_id, trained.task, f"calibrate-{trained.task}") as (client, run_id):
         if trained.task == "content":
-            result = calibrate_content(calib, test, list(model.hparams.classes), settings, confidence, figures_dir)
+            result = calibrate_content(calib, test, manifest, list(model.hparams.classes), settings, figures_dir)
         else:
-            manifest = datamodule.load().manifest
-            result = calibrate_age(model, calib, test, manifest, settings, confidence, figures_dir)
+            result = calibrate_age(model, calib, test, manifest, settings, figures_dir)
         state = CalibrationState(
             task=trained.task,
             train_run_id=trained.run_id,
             checkpoint=str(trained.checkpoint),
-            confidence=confidence,
+            confidence=settings.confidence,
             content=result.content,
             age=result.age,
             operating_points=result.operating_points,
+            max_false_alarm_rate=settings.max_false_alarm_rate,
         )
         state_path = state.save(output_dir / STATE_FILE)
         table = output_dir / "operating_points.json"
-        table.write_text(json.dumps([asdict(p) for p in result.operating_points], indent=2))
+        table.write_text(json.dumps([asdict(p) for p in result.operating_points], indent=2, allow_nan=False))
         log_metrics(client, run_id, result.metrics)
         client.log_artifact(run_id, str(state_path), "calibration")
         client.log_artifact(run_id, str(table), "calibration")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from calibration.state import CalibrationState
 from export.bundle import publish, staging_folder, write_sums
-from export.contract import build_contract
+from export.contract import build_contract, contract_text
 from export.metrics import headline, sliced
 from export.model_card import render_model_card
 from export.onnx_export import embed_contract, export_onnx
-from export.parity import check_parity, onnx_outputs, reference_outputs
+from export.parity import check_parity, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from scripts.hydra_app import console, run_stage, show_metrics
@@ -76,34 +76,63 @@ class ExportInputs:
     rows: pd.DataFrame  # their manifest rows (split, subject_id, target, attributes)
     target: str
     data: dict
+    release: dict  # how the model was made: debug_run, max_false_alarm_rate (from the training and calib runs)
+
+
+class DegeneratePointError(WorkbenchError):
+    """An operating point flags so many negatives that its certified recall is worthless: nothing was published."""
+
+
+def degenerate_warnings(state: CalibrationState, ceiling: float, allow: bool) -> list[str]:
+    """Refuse points that buy their recall by flagging (nearly) everything, unless explicitly allowed."""
+    messages = [
+        f"operating point '{p.name}' flags {p.false_alarm_rate:.1%} of calib and "
+        f"{p.test.get('false_alarm_rate') or 0:.1%} of test negatives (ceiling {ceiling:g})"
+        for p in state.operating_points
+        if p.degenerate
+    ]
+    if messages and not allow:
+        raise DegeneratePointError(
+            "Refusing to publish degenerate operating points: "
+            + "; ".join(messages)
+            + ". Such a point meets its recall target by flagging nearly every frame. Lower the recall target "
+            "(calibration.content.min_recall / calibration.age.max_minor_pass_rate), calibrate on more or cleaner "
+            "calib data, or publish anyway with export.allow_degenerate=true (recorded as a warning in the contract)."
+        )
+    return [f"published although degenerate: {message}" for message in messages]
 
 
 def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, report_dir: Path) -> dict:
     """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
     state, rows, target = inputs.state, inputs.rows, inputs.target
+    warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
     image_size = int(inputs.module.hparams.image_size)
     exporter = export_onnx(inputs.wrapper, image_size, staging / "model.onnx", settings.opset)
     reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage)
     exported = onnx_outputs(staging / "model.onnx", inputs.images)
-    report = check_parity(state, reference, exported, rows[target].to_numpy())
+    report = check_parity(state, reference, exported, rows, target)
     (report_dir / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
     if not report.passed:
         raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
 
     is_test = (rows["split"] == "test").to_numpy()
-    quantization = None
+    quantization, shipped = None, reference  # the figures are the evaluated model's, as evaluate reports them
     if settings.quantize == "int8":
         quantization = try_int8(staging / "model.onnx", inputs, is_test, image_size)
         if quantization["kept"]:
-            exported = onnx_outputs(staging / "model.onnx", inputs.images)
-    test_outputs, test_rows = {k: v[is_test] for k, v in exported.items()}, rows[is_test]
+            shipped = onnx_outputs(staging / "model.onnx", inputs.images)  # INT8 ships: its own figures
+    test_outputs, test_rows = {k: v[is_test] for k, v in shipped.items()}, rows[is_test]
     metrics = {
         "headline": {
             "name": "mae" if state.task == "age" else "accuracy",
             **headline(state.task, test_outputs, test_rows, target),
         },
         "slices": sliced(state.task, test_outputs, test_rows, target, list(settings.slice_attributes)),
-        "parity": {"samples": report.samples, "max_abs_diff": report.max_abs_diff},
+        "parity": {
+            "samples": report.samples,
+            "max_abs_diff": report.max_abs_diff,
+            "certified_misses": report.certified_misses,
+        },
     }
     contract = build_contract(
         state,
@@ -116,9 +145,10 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         exporter,
         OmegaConf.to_container(settings.smoothing),
         OmegaConf.to_container(settings.face_crop) if state.task == "age" else None,
+        inputs.release | {"allow_degenerate": bool(settings.allow_degenerate), "warnings": warnings},
         quantization,
     )
-    (staging / "contract.json").write_text(json.dumps(contract, indent=2, sort_keys=True))
+    (staging / "contract.json").write_text(contract_text(contract))
     embed_contract(staging / "model.onnx", contract)
     (staging / "model_card.md").write_text(render_model_card(contract))
     write_sums(staging)
@@ -126,7 +156,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
 
 
 def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray, image_size: int) -> dict:
-    """Quantise next to `model`; replace it only if INT8 is faster and within tolerance, else say why not."""
+    """Quantise next to `model`; replace it only if INT8 is faster, within tolerance and keeps every certificate."""
     int8 = model.with_name("model.int8.onnx")
     quantize(model, int8, inputs.images[~is_test])
     gates = [g.gate for g in inputs.state.age.gates] if inputs.state.task == "age" else []
@@ -139,6 +169,19 @@ def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray, image_size:
         gates,
         image_size,
     )
+    if verdict.kept:
+        counts = recount_certificates(inputs.state, onnx_outputs(int8, inputs.images), inputs.rows)
+        broken = [
+            f"{name}: {c['graph']} calib misses, certified {c['certified']}"
+            for name, c in counts.items()
+            if c["graph"] != c["certified"]
+        ]
+        if broken:
+            verdict = replace(
+                verdict,
+                kept=False,
+                reasons=[*verdict.reasons, "INT8 changes certified miss counts (" + "; ".join(broken) + ")"],
+            )
     if verdict.kept:
         os.replace(int8, model)
     else:
@@ -166,6 +209,14 @@ def load_calibrated_model(cfg: DictConfig, download_dir: Path):
     return state, calibration_run, trained, trained.load_model().eval()
 
 
+def release_record(train_config: DictConfig, state: CalibrationState) -> dict:
+    """What a promotion gate must know about how the model was made: a debug-sized run never ships."""
+    return {
+        "debug_run": "smoke" in train_config or bool(train_config.get("trainer", {}).get("fast_dev_run", False)),
+        "max_false_alarm_rate": state.max_false_alarm_rate,
+    }
+
+
 def export(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     state, calibration_run, trained, module = load_calibrated_model(cfg, output_dir / "source")
@@ -181,6 +232,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
         rows,
         datamodule.target,
         data,
+        release_record(trained.config, state),
     )
     with stage_run("export", calibration_run or trained.run_id, state.task, f"export-{state.task}") as (client, run_id):
         bundle, contract = publish_bundle(cfg.export, inputs, output_dir)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 import pytest
 import torch
@@ -14,14 +16,14 @@ from omegaconf import OmegaConf
 
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
-from calibration.operating_points import OperatingPoint
+from calibration.operating_points import OperatingPoint, at_threshold, certify_threshold, is_degenerate, measure
 from calibration.state import CalibrationState
-from export.parity import reference_outputs
+from export.parity import certified_positives, reference_outputs
 from models.age_module import AgeModule
 from models.backbones import TORCHVISION_BACKBONES
 from models.content_module import ContentModule
 from runtime.consumer import BundleError, Filter
-from scripts.export import ExportInputs, ParityError, build_wrapper, publish_bundle
+from scripts.export import DegeneratePointError, ExportInputs, ParityError, build_wrapper, publish_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SIZE, N = 64, 48
@@ -29,25 +31,47 @@ CLASSES = ["safe", "suggestive", "explicit"]
 
 
 def _point(name: str, threshold: float, target: str, gate: float | None = None) -> OperatingPoint:
-    return OperatingPoint(
-        name,
-        threshold,
-        0.01,
-        0.95,
-        300,
-        0,
-        0.01,
-        0.2,
-        100,
-        test={
-            "positives": 50,
-            "miss_rate": 0.0,
-            "miss_rate_ci_low": 0.0,
-            "miss_rate_ci_high": 0.07,
-            "false_alarm_rate": 0.2,
-        },
-        target=target,
-        gate=gate,
+    """A point at a fixed threshold; `_inputs` replaces its counts with what the data really gives."""
+    labels = "age" if target == "minor" else "label"
+    return OperatingPoint(name, threshold, 0.5, 0.95, 1, 0, 1.0, None, 0, target=target, gate=gate, labels=labels)
+
+
+def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.DataFrame) -> CalibrationState:
+    """Each point's certificate and test rates recounted on these rows, as calibrate would record them."""
+    scores = reference_outputs(module, state, images, 0.9)["scores"]
+    units = rows["subject_id"].to_numpy()
+    points = []
+    for column, point in enumerate(state.operating_points):
+        positive = certified_positives(state, point, rows)
+        split = {name: (rows["split"] == name).to_numpy() for name in ("calib", "test")}
+        calib, test = (
+            (split["calib"] & positive, split["calib"] & ~positive),
+            (split["test"] & positive, split["test"] & ~positive),
+        )
+        certified = at_threshold(
+            point.name,
+            point.threshold,
+            scores[calib[0], column],
+            scores[calib[1], column],
+            0.5,
+            0.95,
+            units[calib[0]],
+            "subjects",
+        )
+        certified = replace(certified, target=point.target, gate=point.gate, labels=point.labels)
+        measured = measure(
+            certified, scores[test[0], column], scores[test[1], column], units[test[0]], units[test[1]], 0.01
+        )
+        points.append(replace(certified, test=measured | ({"near_gate": []} if state.task == "age" else {})))
+    return replace(state, operating_points=points)
+
+
+def _inputs(module, state, images, rows, target, wrapper=None) -> ExportInputs:
+    state = _certified(state, module, images, rows)
+    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
+    release = {"debug_run": False, "max_false_alarm_rate": 1.0}
+    return ExportInputs(
+        module, wrapper or build_wrapper(module, state, 0.9), state, images, rows, target, data, release
     )
 
 
@@ -116,6 +140,7 @@ def _settings(tmp_path: Path):
             "coverage": 0.9,
             "slice_attributes": ["sex"],
             "smoothing": {"method": "k_of_n", "k": 2, "n": 3},
+            "allow_degenerate": False,
             "face_crop": {"box_margin": 0.4, "square": True, "alignment": "none"},
         }
     )
@@ -123,9 +148,8 @@ def _settings(tmp_path: Path):
 
 def _export_and_consume(tmp_path: Path, module, state, target: str):
     images, rows = _data(target)
-    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
-    wrapper = build_wrapper(module, state, 0.9)
-    inputs = ExportInputs(module, wrapper, state, images, rows, target, data)
+    inputs = _inputs(module, state, images, rows, target)
+    state = inputs.state
     bundle, contract = publish_bundle(_settings(tmp_path), inputs, tmp_path)
     filter_ = Filter(bundle)
     records = filter_.run(images)
@@ -164,7 +188,8 @@ def test_every_backbone_and_head_exports(tmp_path, backbone, head):
 def test_parity_gate_refuses_a_corrupted_export_and_publishes_nothing(tmp_path, corruption):
     module, state, target = _age_case("small_cnn", "dldl")
     images, rows = _data(target)
-    wrapper = build_wrapper(module, state, 0.9)
+    inputs = _inputs(module, state, images, rows, target)
+    wrapper = inputs.wrapper
     with torch.no_grad():
         if corruption == "perturbed_weight":
             next(wrapper.module.backbone.parameters()).view(-1)[0] += 5.0
@@ -172,8 +197,7 @@ def test_parity_gate_refuses_a_corrupted_export_and_publishes_nothing(tmp_path, 
             wrapper.module.mean += 10.0
     settings = _settings(tmp_path)
     with pytest.raises(ParityError, match=r"(?s)Parity gate failed.*output 'expected_age' differs"):
-        data = {"name": "r", "licence": "n/a", "digest": "0", "synthetic": True}
-        publish_bundle(settings, ExportInputs(module, wrapper, state, images, rows, target, data), tmp_path)
+        publish_bundle(settings, inputs, tmp_path)
     assert list(Path(settings.release_dir).iterdir()) == []  # no bundle, no staging leftovers
 
 
@@ -208,8 +232,7 @@ def test_int8_is_measured_and_either_kept_or_refused_with_numbers(tmp_path):
     images, rows = _data(target)
     settings = _settings(tmp_path)
     settings.quantize = "int8"
-    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
-    inputs = ExportInputs(module, build_wrapper(module, state, 0.9), state, images, rows, target, data)
+    inputs = _inputs(module, state, images, rows, target)
     bundle, contract = publish_bundle(settings, inputs, tmp_path)
     quantization = contract["quantization"]
     assert set(quantization["latency_ms"]) == {"fp32_batch1", "int8_batch1", "fp32_batch32", "int8_batch32"}
@@ -250,3 +273,61 @@ def test_k_of_n_smoothing_holds_only_after_k_of_the_last_n_frames():
     smoother = KOfNSmoother(k=2, n=3)
     decided = [smoother.update({"block": value})["block"] for value in (True, False, True, False, False, True)]
     assert decided == [False, False, True, False, False, False]  # windows: T, TF, TFT, FTF, TFF, FFT
+
+
+@pytest.mark.parametrize("case", ["age", "content"])
+def test_the_shipped_graph_recounts_exactly_the_certified_misses(tmp_path, case):
+    """Run model.onnx itself on the calib split and recount per person, reading only the contract."""
+    module, state, target = _age_case("small_cnn", "dldl") if case == "age" else _content_case("small_cnn")
+    images, rows = _data(target)
+    bundle, contract = publish_bundle(_settings(tmp_path), _inputs(module, state, images, rows, target), tmp_path)
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    calib = (rows["split"] == "calib").to_numpy()
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, {"images": images[calib]}), strict=True)
+    )
+    for point in contract["operating_points"]:
+        spec = point["score"]
+        score = outputs[spec["output"]] if "column" not in spec else outputs[spec["output"]][:, spec["column"]]
+        labels = rows.loc[calib, point["guarantee"]["labels"]].to_numpy()
+        if case == "age":
+            positive = labels.astype(np.float32) < point["gate"]
+        else:
+            unsafe = contract["labels"]["unsafe_classes"]
+            names = np.asarray(CLASSES)[labels.astype(int)]
+            positive = np.isin(names, unsafe) if point["target"] == "unsafe" else names == point["target"]
+        assert score.dtype == np.float32 and "float32" in point["comparison"]
+        missed = pd.Series(score[positive] < np.float32(point["threshold"])).groupby(
+            rows.loc[calib, "subject_id"].to_numpy()[positive]
+        )
+        assert int(missed.any().sum()) == point["guarantee"]["calib_misses"]
+        assert int(missed.ngroups) == point["guarantee"]["calib_units"]
+        assert point["guarantee"]["unit"] == "subjects"
+
+
+def test_a_degenerate_point_is_refused_by_name_unless_allowed(tmp_path):
+    """Positives and negatives that overlap completely: a 99% recall target flags nearly every negative."""
+    rng = np.random.default_rng(0)
+    point = certify_threshold("recall_explicit", rng.uniform(size=400), rng.uniform(size=400), 0.01, 0.95)
+    point = replace(point, target="explicit", labels="label", test={"false_alarm_rate": point.false_alarm_rate})
+    assert is_degenerate(point, 0.5)
+    module, state, target = _content_case("small_cnn")
+    state = replace(state, operating_points=[replace(state.operating_points[0], threshold=0.0)])
+    images, rows = _data(target)
+    inputs = _inputs(module, state, images, rows, target)
+    inputs = replace(
+        inputs,
+        state=replace(inputs.state, operating_points=[replace(inputs.state.operating_points[0], degenerate=True)]),
+    )
+    settings = _settings(tmp_path)
+    with pytest.raises(DegeneratePointError, match=r"'recall_explicit' flags 100\.0% of calib.*allow_degenerate=true"):
+        publish_bundle(settings, inputs, tmp_path)
+    assert list(Path(settings.release_dir).iterdir()) == []
+    settings.allow_degenerate = True
+    _, contract = publish_bundle(settings, inputs, tmp_path)
+    assert contract["operating_points"][0]["degenerate"] is True
+    assert contract["release"]["allow_degenerate"] is True
+    assert contract["release"]["warnings"] == [
+        "published although degenerate: operating point 'recall_explicit' flags 100.0% of calib and 100.0% of test "
+        "negatives (ceiling 1)"
+    ]

@@ -1,14 +1,20 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from scipy.stats import beta
 
 from calibration.operating_points import (
+    THRESHOLD_MARGIN,
+    OperatingPoint,
     certify_threshold,
     clopper_pearson,
+    is_degenerate,
     measure,
+    recount,
     required_sample_size,
+    unit_rate,
     upper_bound,
 )
 from tracking.errors import WorkbenchError
@@ -31,9 +37,57 @@ def test_threshold_matches_brute_force(seed):
     rng = np.random.default_rng(seed)
     positives = rng.beta(5, 2, size=700)
     point = certify_threshold("t", positives, rng.beta(2, 5, size=300), max_miss_rate=0.02, confidence=0.95)
-    assert point.threshold == brute_force_threshold(positives, 0.02, 0.95)
+    best = brute_force_threshold(positives, 0.02, 0.95)
+    # The same misses as the best threshold, placed a float32 margin below the lowest caught score.
+    assert point.misses == int((positives < best).sum()) == int((positives < point.threshold).sum())
+    assert best - THRESHOLD_MARGIN - 1e-7 <= point.threshold < best
+    assert np.float32(point.threshold) == point.threshold
     assert point.miss_rate_upper_bound <= 0.02
-    assert point.misses == int((positives < point.threshold).sum())
+
+
+def test_float32_noise_in_the_shipped_graph_does_not_change_the_counted_misses():
+    """The graph recomputes every score in float32, a little off the float64 one: the recount must not move."""
+    rng = np.random.default_rng(1)
+    positives = rng.beta(5, 2, size=2000)
+    point = certify_threshold("t", positives, np.zeros(10), max_miss_rate=0.01, confidence=0.95)
+    noisy = (positives + rng.uniform(-1e-6, 1e-6, positives.size)).astype(np.float32)
+    assert recount(point, noisy, None) == point.misses
+    # At the old rule (threshold = the lowest caught score itself) that noise would miss more than were counted.
+    lowest_caught = np.sort(positives)[point.misses]
+    assert int((noisy < np.float32(lowest_caught)).sum()) >= point.misses
+
+
+def test_per_person_certificates_count_a_person_missed_when_any_image_is():
+    scores = np.array([0.9, 0.1, 0.8, 0.85, 0.95, 0.7])
+    units = np.array(["a", "a", "b", "b", "c", "c"])
+    point = certify_threshold("t", scores, np.zeros(3), max_miss_rate=0.99, confidence=0.5, positive_units=units)
+    assert (point.positives, point.positive_images, point.unit) == (3, 6, "images")  # unit names come from callers
+    named = certify_threshold("t", scores, np.zeros(3), 0.99, 0.5, positive_units=units, unit="subjects")
+    assert named.unit == "subjects"
+    assert recount(replace_threshold(named, 0.5), scores, units) == 1  # only a's 0.1 is below 0.5
+    assert unit_rate(scores < 0.5, units, 0.95)["rate"] == pytest.approx(1 / 3)
+    assert unit_rate(scores < 0.5, None, 0.95)["rate"] == pytest.approx(1 / 6)
+
+
+def replace_threshold(point: OperatingPoint, threshold: float) -> OperatingPoint:
+    return replace(point, threshold=threshold)
+
+
+def test_too_few_people_is_refused_with_the_number_of_people_needed():
+    scores = np.linspace(0.5, 1, 600)  # 600 images but only 200 subjects
+    units = np.repeat(np.arange(200), 3)
+    with pytest.raises(WorkbenchError, match=r"has 200 positive subjects.*at least 299 subjects"):
+        certify_threshold("gate13", scores, np.zeros(5), 0.01, 0.95, positive_units=units, unit="subjects")
+
+
+def test_a_point_that_flags_most_negatives_is_degenerate():
+    point = certify_threshold("t", np.linspace(0.5, 1, 400), np.linspace(0, 1, 100), 0.05, 0.95)
+    assert point.false_alarm_rate == pytest.approx(0.5, abs=0.02)
+    assert is_degenerate(point, 0.3) and not is_degenerate(point, 0.6)
+    measured = measure(point, np.linspace(0.5, 1, 400), np.linspace(0.6, 1, 50), base_rate=0.01)
+    assert measured["false_alarm_rate"] == 1.0
+    assert measured["false_alarm_rate_ci_low"] <= 1.0 <= measured["false_alarm_rate_ci_high"]
+    assert measured["precision_at_base_rate"] == pytest.approx(0.95 * 0.01 / (0.95 * 0.01 + 0.99), rel=0.05)
 
 
 def test_upper_bound_is_the_exact_clopper_pearson_bound():
@@ -44,7 +98,7 @@ def test_upper_bound_is_the_exact_clopper_pearson_bound():
 
 def test_too_small_a_calib_set_is_refused_with_the_size_needed():
     assert required_sample_size(0.01, 0.95) == 299
-    with pytest.raises(WorkbenchError, match=r"has 100 positives.*at least 299"):
+    with pytest.raises(WorkbenchError, match=r"has 100 positive images.*at least 299"):
         certify_threshold("gate18", np.linspace(0.1, 1, 100), np.zeros(10), max_miss_rate=0.01, confidence=0.95)
 
 
