@@ -1,4 +1,7 @@
-"""The promotion gate against a temporary MLflow registry, and the pipeline's resume logic."""
+"""The pipeline's resume logic, and a refused promotion failing the real `childsafe promote` and the pipeline.
+
+The promotion rules themselves are tested against a SQLite registry in tests/unit/test_promotion.py.
+"""
 
 from __future__ import annotations
 
@@ -10,44 +13,8 @@ from conftest import compose_stage
 from mlflow import MlflowClient
 
 from scripts import pipeline as pipeline_module
-from tracking.registry import CANDIDATE, CHAMPION, promote
-
-TOLERANCES = {"gate": 0.005, "mae": 0.2, "accuracy": 0.005, "slice_ratio": 0.05}
-NAME = "childsafe-test-age"
-
-
-def _version(client: MlflowClient, upper18: float, mae: float, ratio: float) -> str:
-    tags = {
-        "task": "age",
-        "headline.name": "mae",
-        "headline.value": str(mae),
-        "worst_slice_ratio": str(ratio),
-        "gate.gate18.miss_rate_upper": str(upper18),
-        "gate.gate13.miss_rate_upper": "0.004",
-    }
-    version = client.create_model_version(NAME, source="file:///dev/null", tags=tags).version
-    client.set_registered_model_alias(NAME, CANDIDATE, version)
-    return version
-
-
-def test_first_candidate_becomes_champion_then_worse_is_refused_and_better_accepted(tracking_uri):
-    client = MlflowClient(tracking_uri)
-    client.create_registered_model(NAME)
-    first = _version(client, upper18=0.010, mae=3.3, ratio=1.15)
-    assert promote(NAME, TOLERANCES) == (True, [])
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == first
-
-    _version(client, upper18=0.030, mae=3.2, ratio=1.10)  # lets more 17-year-olds through the 18 gate
-    promoted, table = promote(NAME, TOLERANCES)
-    assert not promoted
-    assert [row.criterion for row in table if row.worse] == ["gate.gate18.miss_rate_upper"]
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == first
-
-    better = _version(client, upper18=0.008, mae=3.0, ratio=1.12)
-    promoted, table = promote(NAME, TOLERANCES)
-    assert promoted and not any(row.worse for row in table)
-    assert client.get_model_version_by_alias(NAME, CHAMPION).version == better
-    assert json.loads(client.get_model_version(NAME, better).tags["promotion"]) == {"promoted": True, "against": first}
+from scripts.hydra_app import StageApp
+from tracking.registry import CANDIDATE, CHAMPION, PROMOTION_TAG
 
 
 def test_pipeline_runs_stages_in_order_and_resumes_after_a_failure(tmp_path, shared_cache, monkeypatch):
@@ -74,3 +41,40 @@ def test_pipeline_runs_stages_in_order_and_resumes_after_a_failure(tmp_path, sha
     arguments = pipeline_module.stage_arguments(cfg, "train")
     assert arguments[:2] == ["experiment=age_synthetic", f"paths.log_dir={cfg.paths.log_dir}"]
     assert arguments[-1] == "trainer.max_epochs=1"
+    assert f"decision_file={pipeline_module.decision_file(cfg)}" in pipeline_module.stage_arguments(cfg, "promote")
+
+
+def test_a_refused_promotion_fails_the_promote_cli_and_the_pipeline_reports_it(
+    tmp_path, shared_cache, tracking_uri, monkeypatch, capsys
+):
+    name = "childsafe-age_synthetic"
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model(name)
+    # Registered without the figures promotion decides on (as before they were recorded): it must fail closed.
+    version = client.create_model_version(name, source="file:///dev/null").version
+    client.set_registered_model_alias(name, CANDIDATE, version)
+    real_run = subprocess.run
+    promote_exit: list[int] = []
+
+    def run_only_promote(command, **kwargs):
+        if command[3] != "promote":
+            return subprocess.CompletedProcess(command, 0)
+        finished = real_run(command, **kwargs)  # the real `childsafe promote`, against this test's registry
+        promote_exit.append(finished.returncode)
+        return finished
+
+    monkeypatch.setattr(pipeline_module.subprocess, "run", run_only_promote)
+    cfg = compose_stage("pipeline", tmp_path, shared_cache, "experiment_name=age_synthetic")
+    with pytest.raises(SystemExit) as exit_:
+        StageApp(pipeline_module.pipeline)(cfg)
+    assert promote_exit == [2] and exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert "pipeline complete" not in out
+    assert (
+        f"age_synthetic: promote refused: the champion stays (v{version} has no 'safety' tag (registered before "
+        "promotion recorded its figures); export it again to register it with them)." in err
+    )
+    state = json.loads((pipeline_module.state_folder(cfg) / "state.json").read_text())
+    assert state["completed"] == ["train", "calibrate", "evaluate", "export"]  # a re-run retries promote
+    assert CHAMPION not in client.get_registered_model(name).aliases
+    assert json.loads(client.get_model_version(name, version).tags[PROMOTION_TAG])["promoted"] is False
