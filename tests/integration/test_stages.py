@@ -16,7 +16,7 @@ from runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
 from scripts.compare import compare
 from scripts.evaluate import evaluate
-from scripts.export import export
+from scripts.export import DegeneratePointError, export
 from scripts.train import train
 from tracking.errors import WorkbenchError
 from tracking.runs import resolve_trained_run
@@ -78,7 +78,8 @@ def test_content_calibration_keeps_accuracy_and_certifies_recall(trained, shared
     )
     assert metrics["test/content/accuracy_after"] == metrics["test/content/accuracy_before"]
     assert metrics["calib/content/recall_explicit/recall_lower_bound"] >= 0.9
-    assert "test/content/ece" in metrics and "calib/content/ece_before" in metrics
+    assert "test/content/ece_after" in metrics and "calib/content/ece_before" in metrics
+    assert not any(key.endswith("/ece") for key in metrics)  # calibrated and uncalibrated never share a name
 
 
 def test_too_small_calib_split_is_refused_with_the_size_needed(trained, shared_cache):
@@ -101,19 +102,33 @@ def test_checkpoint_of_the_wrong_task_is_named(trained, shared_cache):
 def test_export_publishes_a_registered_bundle_the_consumer_agrees_with(trained, shared_cache):
     root, _ = trained
     calibrate(_calibrate(trained, shared_cache, "train_task=content_synthetic", "calibration.content.min_recall=0.9"))
-    cfg = compose_stage(
+    refused = compose_stage(
         "export", root, shared_cache, "train_task=content_synthetic", f"export.release_dir={root / 'releases'}"
+    )
+    # A smoke-trained model reaches 90% recall only by flagging nearly every frame: export refuses it by name.
+    with pytest.raises(DegeneratePointError, match=r"operating point 'recall_unsafe' flags"):
+        export(refused)
+    cfg = compose_stage(
+        "export",
+        root,
+        shared_cache,
+        "train_task=content_synthetic",
+        f"export.release_dir={root / 'releases'}",
+        "export.allow_degenerate=true",
     )
     export(cfg)
     bundle = root / "releases" / "childsafe-content_synthetic"
     contract = json.loads((bundle / "contract.json").read_text())
     assert contract["data"]["synthetic"] is True and contract["task"] == "content"
+    assert contract["release"]["debug_run"] is True
+    assert contract["release"]["warnings"][0].startswith("published although degenerate")
     assert contract["metrics"]["parity"]["samples"] > 0
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     version = client.get_model_version_by_alias("childsafe-content_synthetic", "candidate")
-    assert float(version.tags["headline.value"]) == pytest.approx(contract["metrics"]["headline"]["value"])
-    assert "gate.recall_explicit.miss_rate_upper" in version.tags
+    safety = json.loads(version.tags["safety"])
+    assert safety["headline"]["value"] == contract["metrics"]["headline"]["value"]  # one figure everywhere
+    assert version.tags["recall_explicit.certified_unit"] == "scenes"
     export_run = client.get_run(version.run_id)
     assert export_run.data.tags["stage"] == "export" and export_run.info.status == "FINISHED"
 
@@ -221,7 +236,8 @@ def test_temperature_rescues_an_overconfident_content_model(trained, shared_cach
     for outputs in (calib, test):
         outputs["logits"] = outputs["logits"] * 5.0
     settings = compose_stage("calibrate", root, shared_cache, "calibration.content.min_recall=0.9").calibration
-    result = calibrate_content(calib, test, list(model.hparams.classes), settings, 0.95, root / "figures")
+    manifest = datamodule.load().manifest
+    result = calibrate_content(calib, test, manifest, list(model.hparams.classes), settings, root / "figures")
     metrics = result.metrics
     assert result.content.temperature > 1.5
     assert metrics["test/content/ece_after"] <= 0.5 * metrics["test/content/ece_before"]
