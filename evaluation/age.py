@@ -10,17 +10,24 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from calibration.metrics import binary_scores
-from evaluation.stats import Estimate, not_measurable, proportion, subject_bootstrap
+from calibration.metrics import binary_scores, score_name
+from calibration.operating_points import row_units
+from evaluation.stats import Estimate, bare, not_measurable, proportion, subject_mean, unit_proportion
 
 EXACT_AGES = range(26)
 BUCKETS = [(26, 35), (36, 50), (51, 65), (66, 200)]
 BAND = (13.0, 17.0)  # NIST's child-safety band: true ages 13-16 (years 13.0 to 16.99)
 
 
+def mean_absolute_error(predicted: np.ndarray, age: np.ndarray, subjects: np.ndarray) -> Estimate:
+    """MAE over images, its interval resampling subjects: the one definition evaluate, its fairness
+    slices, the contract's headline and the contract's slices all report."""
+    errors = np.abs(np.asarray(predicted, dtype=np.float64) - np.asarray(age, dtype=np.float64))
+    return subject_mean(errors, subjects, "samples")
+
+
 def mae(frame: pd.DataFrame) -> Estimate:
-    errors = (frame["expected_age"] - frame["age"]).abs().to_numpy()
-    return subject_bootstrap(lambda rows: float(errors[rows].mean()), frame["subject_id"].to_numpy(), "samples")
+    return mean_absolute_error(frame["expected_age"], frame["age"], row_units(frame))
 
 
 def error_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -50,28 +57,54 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gate_analysis(frame: pd.DataFrame, gate: float, years_after: int = 8) -> tuple[dict[str, Estimate], pd.DataFrame]:
-    """Pass and false-rejection rates at the operating point, per age year, and at challenge ages T..T+7."""
+def minor_pass_rate(frame: pd.DataFrame, gate: float, decision: str, members: np.ndarray | None = None) -> Estimate:
+    """Share of people under `gate` (among `members`) that `decision` lets through on any image.
+
+    Per person with an exact interval, as the contract's certificate counts them (`unit_proportion`).
+    """
+    chosen = (frame["age"].to_numpy() < gate) & (True if members is None else members)
+    passes = ~frame[decision].to_numpy(dtype=bool)
+    return unit_proportion(passes[chosen], row_units(frame)[chosen], f"people under {gate:g}")
+
+
+def gate_analysis(
+    frame: pd.DataFrame, gate: float, *, calibrated: bool, years_after: int = 8
+) -> tuple[dict[str, Estimate], pd.DataFrame]:
+    """Pass and false-rejection rates at the operating point, per age year, and at challenge ages T..T+7.
+
+    Pass rates at the operating point count people (any image passing), as the contract does;
+    false rejections are shares of images with a subject-bootstrap interval, as the contract's
+    false-alarm rate is; challenge-age rates are shares of images. `calibrated` says whether
+    `p_below_<T>` is calibrated; its ECE and Brier are named accordingly.
+    """
     key, metrics, rows = f"gate{gate:g}", {}, []
     age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
     minors, adults = age < gate, age >= gate
     decision = f"block_{key}"
     if decision in frame:
-        passes = ~frame[decision].to_numpy(dtype=bool)
-        metrics[f"{key}/minor_pass_rate"] = proportion(passes[minors], f"people under {gate:g}")
-        metrics[f"{key}/far_miss_rate"] = proportion(passes[age <= gate - 3], f"people aged {gate - 3:g} or less")
-        metrics[f"{key}/adult_false_rejection"] = proportion(~passes[adults], f"people aged {gate:g} or more")
+        rejected, units = frame[decision].to_numpy(dtype=bool), row_units(frame)
+        metrics[f"{key}/minor_pass_rate"] = minor_pass_rate(frame, gate, decision)
+        metrics[f"{key}/far_miss_rate"] = minor_pass_rate(frame, gate, decision, age <= gate - 3)
+        metrics[f"{key}/adult_false_rejection"] = subject_mean(
+            rejected[adults], units[adults], f"people aged {gate:g} or more"
+        )
         for year in range(0, int(gate) + years_after):
             in_year = np.floor(age) == year
-            rate = proportion(passes[in_year] if year < gate else ~passes[in_year], f"people aged {year}")
+            minor = year < gate
+            rate = (
+                minor_pass_rate(frame, gate, decision, in_year)
+                if minor
+                else subject_mean(rejected[in_year], units[in_year], f"people aged {year}")
+            )
             rows.append(
                 {
                     "true_age": year,
-                    "kind": "minor pass" if year < gate else "false rejection",
+                    "kind": "minor pass" if minor else "false rejection",
                     "rate": rate.value,
                     "low": rate.low,
                     "high": rate.high,
                     "n": rate.n,
+                    "unit": "people" if minor else "images",
                 }
             )
     else:
@@ -92,10 +125,8 @@ def gate_analysis(frame: pd.DataFrame, gate: float, years_after: int = 8) -> tup
     probability = f"p_below_{gate:g}"
     if probability in frame and minors.any() and adults.any():
         scores = binary_scores(frame[probability].to_numpy(np.float64), minors)
-        metrics[f"{key}/ece"], metrics[f"{key}/brier"] = (
-            Estimate(scores["ece"], n=len(age)),
-            Estimate(scores["brier"], n=len(age)),
-        )
+        for score in ("ece", "brier"):
+            metrics[f"{key}/{score_name(score, calibrated)}"] = bare(scores[score], len(age), f"{score} undefined")
     return metrics, pd.DataFrame(rows)
 
 
@@ -123,19 +154,21 @@ def interval_metrics(frame: pd.DataFrame, coverage: float) -> dict[str, Estimate
     metrics = {f"{name}/coverage": interval_coverage(frame)}
     if "interval_low" in frame:
         width = (frame["interval_high"] - frame["interval_low"]).to_numpy()
-        metrics[f"{name}/width"] = Estimate(float(width.mean()), n=len(width))
+        metrics[f"{name}/width"] = bare(width.mean(), len(width), "no samples")
     return metrics
 
 
-def age_metrics(frame: pd.DataFrame, gates: list[float], coverage: float) -> tuple[dict[str, Estimate], dict]:
+def age_metrics(
+    frame: pd.DataFrame, gates: list[float], coverage: float, *, calibrated: bool
+) -> tuple[dict[str, Estimate], dict]:
     metrics: dict[str, Estimate] = {"mae": mae(frame)}
     errors = frame["expected_age"] - frame["age"]
-    metrics["bias"] = Estimate(float(errors.mean()), n=len(frame))
-    metrics["p95_abs_error"] = Estimate(float(errors.abs().quantile(0.95)), n=len(frame))
+    metrics["bias"] = bare(errors.mean(), len(frame), "no samples")
+    metrics["p95_abs_error"] = bare(errors.abs().quantile(0.95), len(frame), "no samples")
     metrics["cs5"] = proportion((errors.abs() <= 5).to_numpy(), "samples")
     tables = {"error_by_age": error_table(frame)}
     for gate in gates:
-        gate_metrics, per_year = gate_analysis(frame, gate)
+        gate_metrics, per_year = gate_analysis(frame, gate, calibrated=calibrated)
         metrics |= gate_metrics
         tables[f"gate{gate:g}_by_age"] = per_year
     metrics |= band_test(frame) | interval_metrics(frame, coverage)

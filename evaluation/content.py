@@ -12,8 +12,17 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from calibration.metrics import multiclass_scores
-from evaluation.stats import Estimate, not_measurable, proportion, subject_bootstrap
+from calibration.metrics import multiclass_scores, score_name
+from calibration.operating_points import precision_at, row_units
+from evaluation.stats import (
+    Estimate,
+    bare,
+    not_measurable,
+    proportion,
+    subject_bootstrap,
+    subject_mean,
+    unit_proportion,
+)
 
 
 def _recall_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
@@ -31,16 +40,47 @@ def protected(labels: np.ndarray, target: str, classes: list[str], unsafe_classe
     return np.isin(names, unsafe_classes) if target == "unsafe" else names == target
 
 
+def point_outcomes(
+    frame: pd.DataFrame, name: str, target: str, labels: str, classes: list[str], unsafe_classes: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Operating point `name`'s flags, its positives by `labels` (the manifest column its guarantee
+    refers to, clean labels where the data has them), and each frame's scene."""
+    positives = protected(frame[labels].to_numpy(), target, classes, unsafe_classes)
+    return frame[f"block_{name}"].to_numpy(bool), positives, row_units(frame)
+
+
+def point_recall(flagged: np.ndarray, positives: np.ndarray, units: np.ndarray) -> Estimate:
+    """Share of positive scenes with every positive frame flagged: 1 - the contract's per-scene miss rate."""
+    return unit_proportion(~flagged[positives], units[positives], "positive scenes").complement()
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray, subjects: np.ndarray) -> Estimate:
+    """Top-label accuracy over images, its interval resampling scenes (images of a scene are not
+    independent): the one definition evaluate, its slices and the contract's headline report."""
+    return subject_mean(np.asarray(probabilities).argmax(1) == np.asarray(labels), subjects, "samples")
+
+
 def content_metrics(
-    frame: pd.DataFrame, classes: list[str], unsafe_classes: list[str], base_rate: float, targets: dict[str, str]
+    frame: pd.DataFrame,
+    classes: list[str],
+    unsafe_classes: list[str],
+    base_rate: float,
+    points: dict[str, tuple[str, str]],
+    *,
+    calibrated: bool,
 ) -> tuple[dict[str, Estimate], dict]:
-    """`targets` maps each operating point's name to what it protects (its `block_<name>` column flags)."""
+    """`points` maps each operating point's name to what it protects and the label column its
+    guarantee refers to (its `block_<name>` column flags). Its rates are the contract's: recall per
+    scene, false alarms and precision at the base rate per frame.
+
+    `calibrated` says whether the `p_<class>` columns are calibrated; the ECE is named accordingly.
+    """
     labels = frame["label"].to_numpy()
     probs = frame[[f"p_{c}" for c in classes]].to_numpy(np.float64)
-    subjects = frame["subject_id"].to_numpy()
+    subjects = row_units(frame)
     metrics: dict[str, Estimate] = {
-        "accuracy": proportion(probs.argmax(1) == labels, "samples"),
-        "ece": Estimate(multiclass_scores(probs, labels)["ece"], n=len(labels)),
+        "accuracy": accuracy(probs, labels, subjects),
+        score_name("ece", calibrated): bare(multiclass_scores(probs, labels)["ece"], len(labels), "ECE undefined"),
     }
     present = np.unique(labels)
     if present.size == len(classes):
@@ -56,7 +96,7 @@ def content_metrics(
         )
     else:
         metrics["macro_auroc"] = not_measurable(f"only classes {present.tolist()} occur in this data")
-    precision, recall, _, support = precision_recall_fscore_support(
+    precision, _, _, support = precision_recall_fscore_support(
         labels, probs.argmax(1), labels=range(len(classes)), zero_division=np.nan
     )
     for index, name in enumerate(classes):
@@ -64,7 +104,7 @@ def content_metrics(
         if support[index] == 0 or positive.all():
             metrics[f"{name}/auroc"] = not_measurable(f"'{name}' is absent or alone in this data")
             continue
-        metrics[f"{name}/precision"] = Estimate(float(precision[index]), n=int(support[index]))
+        metrics[f"{name}/precision"] = bare(precision[index], int(support[index]), f"nothing is predicted '{name}'")
         metrics[f"{name}/recall"] = proportion(probs.argmax(1)[positive] == index, f"'{name}' samples")
         metrics[f"{name}/auroc"] = Estimate(float(roc_auc_score(positive, probs[:, index])), n=len(labels))
         metrics[f"{name}/pr_auc"] = Estimate(float(average_precision_score(positive, probs[:, index])), n=len(labels))
@@ -85,15 +125,18 @@ def content_metrics(
             metrics[f"unsafe/fpr_at_recall{target:g}"] = Estimate(_fpr_at_recall(fpr, tpr, target), n=len(score))
     else:
         metrics["unsafe/recall_at_fpr0.01"] = not_measurable("needs both safe and unsafe samples")
-    for point, target in targets.items():
-        flagged = frame[f"block_{point}"].to_numpy(bool)
-        positives = protected(labels, target, classes, unsafe_classes)
-        recall, fpr = proportion(flagged[positives], "positives"), proportion(flagged[~positives], "negatives")
-        metrics[f"{point}/recall"], metrics[f"{point}/fpr"] = recall, fpr
-        if recall.measurable and fpr.measurable and recall.value * base_rate + fpr.value * (1 - base_rate) > 0:
+    for name, (target, label_column) in points.items():
+        flagged, positives, units = point_outcomes(frame, name, target, label_column, classes, unsafe_classes)
+        fpr = subject_mean(flagged[~positives], units[~positives], "negatives")
+        metrics[f"{name}/recall"], metrics[f"{name}/fpr"] = point_recall(flagged, positives, units), fpr
+        if positives.any() and fpr.measurable:
             # What a reviewer sees in live traffic, where unsafe frames are rare.
-            precision_live = recall.value * base_rate / (recall.value * base_rate + fpr.value * (1 - base_rate))
-            metrics[f"{point}/precision_at_base_rate"] = Estimate(precision_live, n=len(labels))
+            precision = precision_at(1 - float((~flagged[positives]).mean()), fpr.value, base_rate)  # image recall
+            metrics[f"{name}/precision_at_base_rate"] = (
+                not_measurable("nothing is flagged", len(labels))
+                if precision is None
+                else Estimate(precision, n=len(labels))
+            )
     tables = {
         "confusion_matrix": pd.DataFrame(
             confusion_matrix(labels, probs.argmax(1), labels=range(len(classes))),

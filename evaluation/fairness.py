@@ -12,6 +12,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from calibration.operating_points import row_units
 from evaluation.stats import Estimate, not_measurable, subject_bootstrap
 
 SliceMetric = Callable[[pd.DataFrame], Estimate]
@@ -61,4 +62,4 @@ def disparity_ratio(frame: pd.DataFrame, attribute: str, per_rows: Callable[[np.
         levels = [v for v in levels if np.isfinite(v)]
         return max(levels) / min(levels) if len(levels) > 1 and min(levels) > 0 else np.nan
 
-    return subject_bootstrap(ratio, frame["subject_id"].to_numpy(), "samples", n_resamples=300)
+    return subject_bootstrap(ratio, row_units(frame), "samples", n_resamples=300)

@@ -1,42 +1,32 @@
-"""Headline metrics with confidence intervals, overall and per attribute slice, for the contract and card."""
+"""Headline metrics with confidence intervals, overall and per attribute slice, for the contract and card.
+
+They are evaluate's own figures (`evaluation.age.mean_absolute_error`, `evaluation.content.accuracy`),
+so a contract and an evaluation of the same predictions carry the same value and interval.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap
 
-from calibration.operating_points import clopper_pearson
-
-
-def _mae_with_ci(errors: np.ndarray, subjects: np.ndarray) -> dict[str, float]:
-    """Bootstrap over subjects, not images: images of one subject are not independent."""
-    per_subject = pd.Series(errors).groupby(subjects).mean().to_numpy()
-    if per_subject.size < 2:
-        return {"value": float(errors.mean()), "ci_low": float("nan"), "ci_high": float("nan"), "n": int(errors.size)}
-    ci = bootstrap(
-        (per_subject,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile", random_state=0
-    ).confidence_interval
-    return {"value": float(errors.mean()), "ci_low": float(ci.low), "ci_high": float(ci.high), "n": int(errors.size)}
+from calibration.operating_points import row_units
+from evaluation.age import mean_absolute_error
+from evaluation.content import accuracy
 
 
-def _accuracy_with_ci(correct: np.ndarray) -> dict[str, float]:
-    low, high = clopper_pearson(int(correct.sum()), int(correct.size))
-    return {"value": float(correct.mean()), "ci_low": low, "ci_high": high, "n": int(correct.size)}
-
-
-def headline(task: str, outputs: dict[str, np.ndarray], rows: pd.DataFrame, target: str) -> dict[str, float]:
-    targets = rows[target].to_numpy()
+def headline(task: str, outputs: dict[str, np.ndarray], rows: pd.DataFrame, target: str) -> dict:
+    """MAE (age) or accuracy (content) as `{"value", "ci_low", "ci_high", "n"}`, plus a reason where one is None."""
+    targets, subjects = rows[target].to_numpy(), row_units(rows)
     if task == "age":
-        return _mae_with_ci(np.abs(outputs["expected_age"] - targets), rows["subject_id"].to_numpy())
-    return _accuracy_with_ci(outputs["probabilities"].argmax(1) == targets)
+        return mean_absolute_error(outputs["expected_age"], targets, subjects).to_dict()
+    return accuracy(outputs["probabilities"], targets, subjects).to_dict()
 
 
 def sliced(
     task: str, outputs: dict[str, np.ndarray], rows: pd.DataFrame, target: str, attributes: list[str]
-) -> dict[str, dict[str, dict[str, float]]]:
+) -> dict[str, dict[str, dict]]:
     """The headline metric per value of each attribute column the manifest has."""
-    slices: dict[str, dict[str, dict[str, float]]] = {}
+    slices: dict[str, dict[str, dict]] = {}
     for attribute in (a for a in attributes if a in rows.columns):
         slices[attribute] = {}
         for value in sorted(rows[attribute].astype(str).unique()):

@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.classification import BinaryAUROC
 
+from calibration.metrics import score_name
 from models.age_heads import build_age_head
 from models.base import WorkbenchModule
 
@@ -62,10 +63,11 @@ class AgeModule(WorkbenchModule):
         metrics["mae"](self.head.expected_age(raw), age)
         self.log(f"{split}/age/mae", metrics["mae"], prog_bar=True, batch_size=len(age))
         below = self.head.prob_below(raw, self.gates)
+        brier = score_name("brier", calibrated=False)  # raw P(age < T), before calibration
         for column, gate in enumerate(self.hparams.gates):
             is_minor = (age < gate).long()
             metrics[f"gate{gate}_auroc"](below[:, column], is_minor)
             metrics[f"gate{gate}_brier"](below[:, column], is_minor.float())
             self.log(f"{split}/age/gate{gate}/auroc", metrics[f"gate{gate}_auroc"], batch_size=len(age))
-            self.log(f"{split}/age/gate{gate}/brier", metrics[f"gate{gate}_brier"], batch_size=len(age))
+            self.log(f"{split}/age/gate{gate}/{brier}", metrics[f"gate{gate}_brier"], batch_size=len(age))
         return loss

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassCalibrationError
 
+from calibration.metrics import ECE_BINS, score_name
 from models.base import WorkbenchModule
 
 EVAL_SPLITS = ("val", "test")
@@ -37,7 +38,8 @@ class ContentModule(WorkbenchModule):
                     {
                         "accuracy": MulticlassAccuracy(n, average="micro"),
                         "auroc": MulticlassAUROC(n, average="macro"),
-                        "ece": MulticlassCalibrationError(n, n_bins=15, norm="l1"),
+                        # Raw softmax, before calibration: never named like evaluate's calibrated ECE.
+                        score_name("ece", calibrated=False): MulticlassCalibrationError(n, n_bins=ECE_BINS, norm="l1"),
                     }
                 )
                 for split in EVAL_SPLITS

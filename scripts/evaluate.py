@@ -14,10 +14,12 @@ from omegaconf import DictConfig
 
 from calibration.age import AgeCalibration, GateCalibration
 from calibration.content import ContentCalibration
+from calibration.metrics import ECE_BINNING
+from calibration.operating_points import row_units
 from calibration.state import CalibrationState
 from evaluation import report
-from evaluation.age import age_metrics, interval_coverage, mae
-from evaluation.content import content_metrics, protected
+from evaluation.age import age_metrics, interval_coverage, mae, minor_pass_rate
+from evaluation.content import accuracy, content_metrics, point_outcomes, point_recall, protected
 from evaluation.fairness import disparity_ratio, fairness_table
 from evaluation.robustness import PERTURBATIONS
 from evaluation.stats import not_measurable, proportion
@@ -72,18 +74,17 @@ def headline_functions(state: CalibrationState) -> dict:
                 f["expected_age"].to_numpy()[f["age"].to_numpy() < g] >= g, "minors"
             )
         for point in state.operating_points:
-            functions[f"{point.name}/minor_pass_rate"] = lambda f, g=point.gate, c=f"block_{point.name}": proportion(
-                ~f[c].to_numpy(bool)[f["age"] < g], "minors"
+            functions[f"{point.name}/minor_pass_rate"] = lambda f, g=point.gate, c=f"block_{point.name}": (
+                minor_pass_rate(f, g, c)
             )
         return functions
+    classes, unsafe = state.content.classes, state.content.unsafe_classes
     functions = {
-        "accuracy": lambda f: proportion(
-            f[[c for c in f.columns if c.startswith("p_")]].to_numpy().argmax(1) == f["label"].to_numpy(), "samples"
-        )
+        "accuracy": lambda f: accuracy(f[[f"p_{c}" for c in classes]].to_numpy(), f["label"].to_numpy(), row_units(f))
     }
     for point in state.operating_points:
-        functions[f"{point.name}/recall"] = lambda f, t=point.target, c=f"block_{point.name}", s=state: proportion(
-            f[c].to_numpy(bool)[_positives(f, t, s)], "positives"
+        functions[f"{point.name}/recall"] = lambda f, p=point: point_recall(
+            *point_outcomes(f, p.name, p.target, p.labels, classes, unsafe)
         )
     return functions
 
@@ -99,6 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         run_id, checkpoint = state.train_run_id, None if state.train_run_id else state.checkpoint
     else:
         state, calibration_run, run_id, checkpoint = None, None, cfg.run_id, cfg.checkpoint
+    calibrated = state is not None
     trained = resolve_trained_run(run_id, checkpoint, output_dir / "source", train_task=cfg.train_task)
     module, datamodule = trained.load_model().eval(), trained.datamodule()
     state = state or identity_calibration(module, list(cfg.evaluation.unsafe_classes))
@@ -112,14 +114,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     frame = predictions_frame(module, state, images, rows, cfg.evaluation.coverage)
 
     if state.task == "age":
-        metrics, tables = age_metrics(frame, [g.gate for g in state.age.gates], cfg.evaluation.coverage)
+        metrics, tables = age_metrics(
+            frame, [g.gate for g in state.age.gates], cfg.evaluation.coverage, calibrated=calibrated
+        )
     else:
         metrics, tables = content_metrics(
             frame,
             state.content.classes,
             state.content.unsafe_classes,
             cfg.evaluation.base_rate,
-            {point.name: point.target for point in state.operating_points},
+            {point.name: (point.target, point.labels) for point in state.operating_points},
+            calibrated=calibrated,
         )
     functions = headline_functions(state)
     overall = {name: function(frame) for name, function in functions.items()}
@@ -147,7 +152,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "This data is SYNTHETIC: the figures validate the pipeline, not real-world accuracy."
         if synthetic
         else "Data: licensed dataset (see its dataset card).",
-        "Rates carry exact 95% Clopper-Pearson intervals; MAE, AUC and ratios a 95% bootstrap over subjects.",
+        "Operating-point pass rates and recalls count people (scenes for content), a unit missed when any image "
+        "is, with exact 95% Clopper-Pearson intervals over units, as the contract does; other rates count images.",
+        "MAE, accuracy, false-alarm and false-rejection rates, AUC and ratios carry a 95% percentile bootstrap "
+        "resampling whole subjects (scenes for content), widened where needed to contain the value.",
+        ECE_BINNING
+        + ("" if calibrated else " Probabilities are uncalibrated here: their scores are named *_uncalibrated."),
     ]
     flagged = fairness[fairness["flagged"]]
     sections = {f"Table: {name}": table for name, table in tables.items()}
@@ -160,18 +170,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         output_dir / "report", f"Evaluation: {trained.task} model", context, metrics, sections, figures
     )
     prefix = f"{cfg.split}/{state.task}"
-    numbers = {}
+    numbers, unmeasured = {}, {}
     for name, estimate in metrics.items():
         if estimate.measurable:
             numbers[f"{prefix}/{name}"] = estimate.value
             if estimate.low is not None:
                 numbers[f"{prefix}/{name}_ci_low"], numbers[f"{prefix}/{name}_ci_high"] = estimate.low, estimate.high
+        else:
+            unmeasured[f"{prefix}/{name}"] = estimate.reason
     numbers[f"{prefix}/fairness/flagged_slices"] = float(len(flagged))
     with stage_run("evaluate", calibration_run or trained.run_id, state.task, f"evaluate-{state.task}") as (
         client,
         mlflow_run,
     ):
-        log_metrics(client, mlflow_run, numbers)
+        log_metrics(client, mlflow_run, numbers, unmeasured)
         for artefact in (
             html_path,
             md_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,43 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def compose_train(tmp_path: Path, shared_cache: Path):
     return lambda *overrides: compose_stage("train", tmp_path, shared_cache, *overrides)
+
+
+STRICT_JSON_FILES = ("contract.json", "calibration_state.json")
+_strict_json_checked: set[tuple[Path, int, int]] = set()
+
+
+class NonFiniteJSON(ValueError):
+    """A bare NaN, Infinity or -Infinity: Python writes them, JSON and strict parsers (JSON.parse) refuse them."""
+
+
+def reject_non_finite(constant: str) -> None:
+    """`parse_constant` for json.loads, called only for NaN, Infinity and -Infinity."""
+    raise NonFiniteJSON(f"non-finite number {constant}")
+
+
+def strict_json_loads(text: str):
+    return json.loads(text, parse_constant=reject_non_finite)
+
+
+@pytest.fixture(autouse=True)
+def written_json_is_strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After every test, parse each contract and calibration state under this session's temp folders
+    (every tmp_path and every tmp_path_factory folder lie there) strictly: a non-finite number fails it.
+
+    Each file version is checked once; a file that is not JSON at all is left to the test that wrote it.
+    """
+    yield
+    for path in tmp_path_factory.getbasetemp().rglob("*.json"):
+        if path.name not in STRICT_JSON_FILES:
+            continue
+        stamp = (path, path.stat().st_mtime_ns, path.stat().st_size)
+        if stamp in _strict_json_checked:
+            continue
+        _strict_json_checked.add(stamp)
+        try:
+            strict_json_loads(path.read_text())
+        except NonFiniteJSON as error:
+            pytest.fail(f"{path} is not strict JSON: {error}")
+        except json.JSONDecodeError:
+            continue

@@ -94,14 +94,27 @@ def origin_tags() -> dict[str, str]:
     return git_state() | package_versions()
 
 
+def _finite_or_none(value: Any) -> Any:
+    """A non-finite float becomes None, inside lists too: params are read back by strict JSON parsers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Params for MLflow: nested keys joined by dots, lists as JSON, and no NaN or Infinity ("null" instead)."""
     flat: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat |= flatten(value, f"{name}.")
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(_finite_or_none(value), allow_nan=False)
         else:
-            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else value
+            clean = _finite_or_none(value)
+            flat[name] = "null" if clean is None else clean
     return flat
 
 
@@ -187,11 +200,27 @@ def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -
     client.set_terminated(run_id, "FINISHED")
 
 
-def log_metrics(client, run_id: str, metrics: dict[str, float]) -> None:
-    """Log finite metrics in one batch; an undefined value (nan) is skipped here and reported by the stage."""
-    from mlflow.entities import Metric
+NOT_LOGGED = "not_logged/"
+
+
+def log_metrics(
+    client, run_id: str, metrics: dict[str, float | None], unmeasured: dict[str, str] | None = None
+) -> None:
+    """Log finite metrics in batches; never NaN or Infinity, which strict JSON readers of MLflow reject.
+
+    A non-finite or None value is not logged as a metric but as the tag `not_logged/<key>` saying what it
+    was, and so is each key in `unmeasured` (a figure the stage could not measure) with its reason:
+    a missing metric is always explained on the run.
+    """
+    from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    batch = [Metric(key, float(value), now, 0) for key, value in metrics.items() if math.isfinite(value)]
+    finite = {key: float(value) for key, value in metrics.items() if value is not None and math.isfinite(value)}
+    reasons = {key: f"value {value} is not a finite number" for key, value in metrics.items() if key not in finite}
+    reasons |= unmeasured or {}
+    batch = [Metric(key, value, now, 0) for key, value in finite.items()]
     for start in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[start : start + 1000])
+    tags = [RunTag(f"{NOT_LOGGED}{key}", reason or "not measurable") for key, reason in reasons.items()]
+    for start in range(0, len(tags), 100):  # MLflow's limit on tags per batch
+        client.log_batch(run_id, tags=tags[start : start + 100])

@@ -77,8 +77,14 @@ def test_content_smoke_trains_in_process(compose_train, tracking_uri):
     assert metrics["data/content/bayes_accuracy"] == pytest.approx(0.92)
     _, run = _only_run(tracking_uri)
     assert run.info.status == "FINISHED"
-    for key in ("test/content/accuracy", "test/content/auroc", "test/content/ece", "test/content/baseline_accuracy"):
+    for key in (
+        "test/content/accuracy",
+        "test/content/auroc",
+        "test/content/ece_uncalibrated",
+        "test/content/baseline_accuracy",
+    ):
         assert key in run.data.metrics, key
+    assert "test/content/ece" not in run.data.metrics  # uncalibrated: never named like evaluate's calibrated ECE
     assert run.data.params["data.generator.flip_prob"] == "0.08"
 
 

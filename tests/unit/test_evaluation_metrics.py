@@ -40,13 +40,21 @@ def test_proportion_interval_is_the_exact_binomial_interval():
 
 def test_gate_analysis_matches_a_brute_force_loop():
     frame = _age_frame()
-    metrics, per_year = gate_analysis(frame, 18.0)
+    metrics, per_year = gate_analysis(frame, 18.0, calibrated=True)
     passes = ~frame["block_gate18"].to_numpy()
     minors = frame["age"].to_numpy() < 18
-    brute_pass = sum(p for p, m in zip(passes, minors, strict=True) if m) / minors.sum()
+    subjects = frame["subject_id"].to_numpy()
+
+    def people_passing(members):  # a person passes when any of their images in `members` passes
+        people = {s for s, m in zip(subjects, members, strict=True) if m}
+        passing = {s for s, p, m in zip(subjects, passes, members, strict=True) if m and p}
+        return len(passing) / len(people), len(people)
+
+    brute_pass, people = people_passing(minors)
     assert metrics["gate18/minor_pass_rate"].value == pytest.approx(brute_pass)
+    assert metrics["gate18/minor_pass_rate"].n == people < minors.sum()
     far = frame["age"].to_numpy() <= 15
-    assert metrics["gate18/far_miss_rate"].value == pytest.approx(passes[far].mean())
+    assert metrics["gate18/far_miss_rate"].value == pytest.approx(people_passing(far)[0])
     assert metrics["gate18/adult_false_rejection"].value == pytest.approx((~passes[~minors]).mean())
     year20 = np.floor(frame["age"]) == 20
     row = per_year[per_year["true_age"] == 20].iloc[0]
@@ -71,7 +79,7 @@ def test_band_test_matches_brute_force():
 def test_metrics_undefined_on_the_data_are_not_measurable_with_a_reason():
     adults = _age_frame()
     adults = adults[adults["age"] >= 18]
-    metrics, _ = age_metrics(adults, [18.0], 0.9)
+    metrics, _ = age_metrics(adults, [18.0], 0.9, calibrated=True)
     assert not metrics["gate18/minor_pass_rate"].measurable
     assert metrics["gate18/minor_pass_rate"].text() == "not measurable: no people under 18 in this data"
     assert metrics["gate18/zero_error_challenge_age"].text().startswith("not measurable:")
@@ -106,7 +114,12 @@ def test_content_metrics_match_references():
         }
     )
     metrics, tables = content_metrics(
-        frame, classes, ["suggestive", "explicit"], base_rate=0.005, targets={"recall_explicit": "explicit"}
+        frame,
+        classes,
+        ["suggestive", "explicit"],
+        base_rate=0.005,
+        points={"recall_explicit": ("explicit", "label")},
+        calibrated=True,
     )
     positives, negatives = probs[labels == 2, 2], probs[labels != 2, 2]
     brute_auc = np.mean([[p > q for q in negatives] for p in positives])
@@ -114,7 +127,11 @@ def test_content_metrics_match_references():
     assert metrics["accuracy"].value == pytest.approx((probs.argmax(1) == labels).mean())
     flagged = probs[:, 2] >= 0.2
     recall, fpr = flagged[labels == 2].mean(), flagged[labels != 2].mean()
-    assert metrics["recall_explicit/recall"].value == pytest.approx(recall)
+    scenes = frame["subject_id"].to_numpy()
+    explicit_scenes = set(scenes[labels == 2])
+    caught = [s for s in explicit_scenes if flagged[(scenes == s) & (labels == 2)].all()]  # every explicit frame
+    assert metrics["recall_explicit/recall"].value == pytest.approx(len(caught) / len(explicit_scenes))
+    assert metrics["recall_explicit/fpr"].value == pytest.approx(fpr)
     assert metrics["recall_explicit/precision_at_base_rate"].value == pytest.approx(
         recall * 0.005 / (recall * 0.005 + fpr * 0.995)
     )
