@@ -193,12 +193,10 @@ def recount(point: OperatingPoint, positive_scores: np.ndarray, positive_units: 
 
 def false_alarm_interval(flags: np.ndarray, units: np.ndarray | None) -> tuple[float | None, float | None]:
     """95% interval on the share of negative images flagged, resampling whole units."""
-    from evaluation.stats import subject_bootstrap  # evaluation builds on this module, not the reverse
+    from evaluation.stats import subject_mean  # evaluation builds on this module, not the reverse
 
     flags = np.asarray(flags, dtype=np.float64)
-    if units is None:
-        units = np.arange(flags.size)
-    estimate = subject_bootstrap(lambda rows: float(flags[rows].mean()), np.asarray(units), "negatives")
+    estimate = subject_mean(flags, np.arange(flags.size) if units is None else np.asarray(units), "negatives")
     return estimate.low, estimate.high
 
 
