@@ -159,8 +159,14 @@ def interval_metrics(frame: pd.DataFrame, coverage: float) -> dict[str, Estimate
 
 
 def age_metrics(
-    frame: pd.DataFrame, gates: list[float], coverage: float, *, calibrated: bool
+    frame: pd.DataFrame,
+    gates: list[float],
+    coverage: float,
+    *,
+    calibrated: bool,
+    near_gate: dict[float, list[int]] | None = None,
 ) -> tuple[dict[str, Estimate], dict]:
+    """`near_gate` names, per gate, the years just below it whose pass rates get their own metric."""
     metrics: dict[str, Estimate] = {"mae": mae(frame)}
     errors = frame["expected_age"] - frame["age"]
     metrics["bias"] = bare(errors.mean(), len(frame), "no samples")
@@ -170,6 +176,10 @@ def age_metrics(
     for gate in gates:
         gate_metrics, per_year = gate_analysis(frame, gate, calibrated=calibrated)
         metrics |= gate_metrics
+        for year in (near_gate or {}).get(gate, []):
+            metrics[f"gate{gate:g}/pass_rate_age{year}"] = minor_pass_rate(
+                frame, gate, f"block_gate{gate:g}", np.floor(frame["age"].to_numpy()) == year
+            )
         tables[f"gate{gate:g}_by_age"] = per_year
     metrics |= band_test(frame) | interval_metrics(frame, coverage)
     return metrics, tables

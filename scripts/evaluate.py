@@ -115,7 +115,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     if state.task == "age":
         metrics, tables = age_metrics(
-            frame, [g.gate for g in state.age.gates], cfg.evaluation.coverage, calibrated=calibrated
+            frame,
+            [g.gate for g in state.age.gates],
+            cfg.evaluation.coverage,
+            calibrated=calibrated,
+            near_gate={p.gate: [year["age"] for year in p.test.get("near_gate", [])] for p in state.operating_points},
         )
     else:
         metrics, tables = content_metrics(

@@ -206,3 +206,17 @@ def test_error_table_and_interval_coverage_match_brute_force():
         .text()
         .startswith("not measurable")
     )
+
+
+def test_near_gate_years_get_their_own_per_person_pass_rate():
+    """Pooled minor pass rates hide the years just below a gate; each gets its own figure, counted per person."""
+    frame = _age_frame()
+    metrics, _ = age_metrics(frame, [18.0], 0.9, calibrated=True, near_gate={18.0: [15, 16, 17]})
+    passes = ~frame["block_gate18"].to_numpy()
+    for year in (15, 16, 17):
+        members = (np.floor(frame["age"]) == year).to_numpy()
+        per_person = pd.Series(passes[members]).groupby(frame["subject_id"].to_numpy()[members]).any()
+        estimate = metrics[f"gate18/pass_rate_age{year}"]
+        assert estimate.value == pytest.approx(per_person.mean())
+        assert estimate.low <= estimate.value <= estimate.high
+    assert "gate18/pass_rate_age14" not in metrics
