@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
+from calibration.fit import Scores, near_gate_rates, near_gate_years
 from calibration.operating_points import OperatingPoint, at_threshold, certify_threshold, is_degenerate, measure
 from calibration.state import CalibrationState
 from export.parity import certified_positives, reference_outputs
@@ -62,7 +63,14 @@ def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.Dat
         measured = measure(
             certified, scores[test[0], column], scores[test[1], column], units[test[0]], units[test[1]], 0.01
         )
-        points.append(replace(certified, test=measured | ({"near_gate": []} if state.task == "age" else {})))
+        if state.task == "age":  # the years just below the gate; a year nobody in the split has is null
+            tested = Scores.of(
+                scores[split["test"], column], positive[split["test"]], units[split["test"]], "subjects", "age"
+            )
+            ages = rows.loc[split["test"] & positive, "age"].to_numpy()
+            years = near_gate_years(point.gate, 3)
+            measured["near_gate"] = near_gate_rates(tested, ages, point.threshold, years, 0.95)
+        points.append(replace(certified, test=measured))
     return replace(state, operating_points=points)
 
 
@@ -168,6 +176,10 @@ def test_small_age_models_pass_parity_and_run_in_the_consumer(tmp_path, head):
     assert contract["versions"]["exporter"] == "dynamo" and contract["versions"]["opset"] == 18
     assert sorted(p.name for p in bundle.iterdir()) == ["SHA256SUMS", "contract.json", "model.onnx", "model_card.md"]
     assert contract["input"]["face_crop"]["box_margin"] == 0.4
+    # 24 random test ages over 0-80: some year below a gate has nobody, so its rate is null with a reason.
+    near_gate = [year for point in contract["operating_points"] for year in point["test"]["near_gate"]]
+    assert any(year["rate"] is None and year["reason"].startswith("no subjects aged") for year in near_gate)
+    assert "NaN" not in (bundle / "contract.json").read_text()
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
