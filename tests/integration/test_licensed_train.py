@@ -110,7 +110,15 @@ def test_card_licence_and_crop_flow_into_the_export_contract_and_model_card(tmp_
 
     train(stage("train", "experiment=age_utkface", f"data.root={root}", "trainer.max_epochs=1"))
     calibrate(stage("calibrate", "train_task=age_utkface", "calibration.age.max_minor_pass_rate=0.2"))
-    export(stage("export", "train_task=age_utkface", f"export.release_dir={tmp_path / 'releases'}"))
+    # One epoch on 1,500 fixture faces may buy its gates by flagging most adults: this test is about lineage.
+    export(
+        stage(
+            "export",
+            "train_task=age_utkface",
+            f"export.release_dir={tmp_path / 'releases'}",
+            "export.allow_degenerate=true",
+        )
+    )
 
     bundle = tmp_path / "releases" / "childsafe-age_utkface"
     data = json.loads((bundle / "contract.json").read_text())["data"]
