@@ -25,6 +25,7 @@ def test_two_process_ddp_on_cpu_records_one_run_with_global_counts(tmp_path, tra
         tmp_path / "outputs",
         shared_cache,
         "experiment=age_synthetic",
+        "data.generator.num_subjects=300",  # 396 training images: both ranks get their 4 full batches
         "trainer=ddp",
         "trainer.accelerator=cpu",
         f"trainer.devices={WORLD_SIZE}",
