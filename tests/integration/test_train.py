@@ -146,6 +146,7 @@ def test_a_nan_loss_stops_the_run_within_the_step_and_marks_it_failed(compose_tr
     cfg = compose_train(
         "experiment=age_synthetic",
         "debug=smoke",
+        "data.batch_size=32",  # smoke's 198 training images give batch 2 only in batches of 32
         "+callbacks.poison._target_=helpers.PoisonWeights",
         "+callbacks.poison.batch=2",
     )
