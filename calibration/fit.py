@@ -23,7 +23,6 @@ from calibration.operating_points import (
     measure,
     row_units,
     unit_rate,
-    upper_bound,
 )
 from calibration.plots import reliability_diagram
 from evaluation.content import protected
@@ -51,10 +50,9 @@ def _certify(
     base_rate: float | None = None,
 ) -> OperatingPoint:
     """Certify on calib per unit, measure on test, and mark a point that buys its recall by flagging all."""
-    point = certify_threshold(
-        name, calib.positive, calib.negative, max_miss_rate, settings.confidence, calib.positive_units, calib.unit
+    point = replace(
+        calib.certify(name, max_miss_rate, settings.confidence), target=target, gate=gate, labels=calib.labels
     )
-    point = replace(point, target=target, gate=gate, labels=calib.labels)
     return _measured(point, test, settings, base_rate)
 
 
@@ -80,6 +78,20 @@ class Scores:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.positive, self.negative, self.positive_units, self.negative_units
+
+    def only(self, members: np.ndarray) -> Scores:
+        """The positives among `members` (a mask over the positives), against all the negatives."""
+        return replace(self, positive=self.positive[members], positive_units=self.positive_units[members])
+
+    def certify(self, name: str, max_miss_rate: float, confidence: float) -> OperatingPoint:
+        return certify_threshold(
+            name, self.positive, self.negative, max_miss_rate, confidence, self.positive_units, self.unit
+        )
+
+    def at(self, name: str, threshold: float, max_miss_rate: float, confidence: float) -> OperatingPoint:
+        return at_threshold(
+            name, threshold, self.positive, self.negative, max_miss_rate, confidence, self.positive_units, self.unit
+        )
 
 
 def units_of(manifest: pd.DataFrame, outputs: dict[str, torch.Tensor]) -> np.ndarray:
@@ -187,6 +199,7 @@ def point_metrics(task: str, point: OperatingPoint) -> dict[str, float]:
         }
         for year in test["near_gate"]:
             values[f"test/pass_rate_age{year['age']}"] = year["rate"]
+        values |= {f"test/{key}": value for key, value in test.items() if key.startswith("false_rejection_age")}
     values |= {
         "calib/threshold": point.threshold,
         f"calib/certified_{point.unit}": point.positives,
@@ -209,39 +222,22 @@ def certify_near_gate(
     point: OperatingPoint, calib: Scores, positive_age: np.ndarray, years: list[int], max_pass_rate: float
 ) -> OperatingPoint:
     """Lower the gate's threshold until each near-gate year meets its own per-person target too."""
-    in_year = {year: np.floor(positive_age) == year for year in years}
-    thresholds = [point.threshold]
-    for year, members in in_year.items():
-        certificate = certify_threshold(
-            f"{point.name}_age{year}",
-            calib.positive[members],
-            calib.negative,
-            max_pass_rate,
-            point.confidence,
-            calib.positive_units[members],
-            calib.unit,
-        )
-        thresholds.append(certificate.threshold)
-    shipped = at_threshold(
-        point.name,
-        min(thresholds),
-        calib.positive,
-        calib.negative,
-        point.target_max_miss_rate,
-        point.confidence,
-        calib.positive_units,
-        calib.unit,
-    )
+    in_year = {year: calib.only(np.floor(positive_age) == year) for year in years}
+    certified = [
+        scores.certify(f"{point.name}_age{year}", max_pass_rate, point.confidence) for year, scores in in_year.items()
+    ]
+    threshold = min([point.threshold, *(certificate.threshold for certificate in certified)])
+    shipped = calib.at(point.name, threshold, point.target_max_miss_rate, point.confidence)
     records = []
-    for year, members in in_year.items():
-        passed = unit_rate(calib.positive[members] < shipped.threshold, calib.positive_units[members], point.confidence)
+    for year, scores in in_year.items():
+        recounted = scores.at(point.name, threshold, max_pass_rate, point.confidence)
         records.append(
             {
                 "age": year,
                 "target_max_pass_rate": max_pass_rate,
-                "calib_units": passed["units"],
-                "calib_misses": passed["hits"],
-                "pass_rate_upper_bound": float(upper_bound(passed["hits"], passed["units"], point.confidence)),
+                "calib_units": recounted.positives,
+                "calib_misses": recounted.misses,
+                "pass_rate_upper_bound": recounted.miss_rate_upper_bound,
             }
         )
     return replace(shipped, target=point.target, gate=point.gate, labels=point.labels, near_gate=records)
@@ -251,8 +247,8 @@ def near_gate_rates(scores: Scores, positive_age: np.ndarray, threshold: float, 
     """Per-person pass rate of each year below the gate on a split, with its exact interval."""
     rates = []
     for year in years:
-        members = np.floor(positive_age) == year
-        rate = unit_rate(scores.positive[members] < threshold, scores.positive_units[members], confidence)
+        members = scores.only(np.floor(positive_age) == year)
+        rate = unit_rate(members.positive < threshold, members.positive_units, confidence)
         rates.append({"age": year} | rate | ({"reason": f"no {scores.unit} aged {year}"} if not rate["units"] else {}))
     return rates
 

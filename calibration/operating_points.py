@@ -76,7 +76,7 @@ def unit_rate(hits: np.ndarray, units: np.ndarray | None, confidence: float) -> 
     per = per_unit(hits, units, "max").astype(bool)
     n, k = int(per.size), int(per.sum())
     if n == 0:
-        return {"rate": None, "ci_low": None, "ci_high": None, "units": 0, "images": 0, "hits": 0, "reason": "none"}
+        return {"rate": None, "ci_low": None, "ci_high": None, "units": 0, "images": 0, "hits": 0, "reason": "no units"}
     low, high = clopper_pearson(k, n, confidence)
     return {"rate": k / n, "ci_low": low, "ci_high": high, "units": n, "images": int(hits.size), "hits": k}
 
@@ -193,10 +193,10 @@ def recount(point: OperatingPoint, positive_scores: np.ndarray, positive_units: 
 
 def false_alarm_interval(flags: np.ndarray, units: np.ndarray | None) -> tuple[float | None, float | None]:
     """95% interval on the share of negative images flagged, resampling whole units."""
-    from evaluation.stats import subject_mean  # evaluation builds on this module, not the reverse
+    from evaluation.stats import subject_rate  # evaluation builds on this module, not the reverse
 
     flags = np.asarray(flags, dtype=np.float64)
-    estimate = subject_mean(flags, np.arange(flags.size) if units is None else np.asarray(units), "negatives")
+    estimate = subject_rate(flags, np.arange(flags.size) if units is None else np.asarray(units), "negatives")
     return estimate.low, estimate.high
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from calibration.metrics import binary_scores, score_name
 from calibration.operating_points import row_units
-from evaluation.stats import Estimate, bare, not_measurable, proportion, subject_mean, unit_proportion
+from evaluation.stats import Estimate, bare, not_measurable, proportion, subject_mean, subject_rate, unit_proportion
 
 EXACT_AGES = range(26)
 BUCKETS = [(26, 35), (36, 50), (51, 65), (66, 200)]
@@ -85,7 +85,7 @@ def gate_analysis(
         rejected, units = frame[decision].to_numpy(dtype=bool), row_units(frame)
         metrics[f"{key}/minor_pass_rate"] = minor_pass_rate(frame, gate, decision)
         metrics[f"{key}/far_miss_rate"] = minor_pass_rate(frame, gate, decision, age <= gate - 3)
-        metrics[f"{key}/adult_false_rejection"] = subject_mean(
+        metrics[f"{key}/adult_false_rejection"] = subject_rate(
             rejected[adults], units[adults], f"people aged {gate:g} or more"
         )
         for year in range(0, int(gate) + years_after):
@@ -94,7 +94,7 @@ def gate_analysis(
             rate = (
                 minor_pass_rate(frame, gate, decision, in_year)
                 if minor
-                else subject_mean(rejected[in_year], units[in_year], f"people aged {year}")
+                else subject_rate(rejected[in_year], units[in_year], f"people aged {year}")
             )
             rows.append(
                 {

@@ -20,7 +20,7 @@ from evaluation.stats import (
     not_measurable,
     proportion,
     subject_bootstrap,
-    subject_mean,
+    subject_rate,
     unit_proportion,
 )
 
@@ -57,7 +57,7 @@ def point_recall(flagged: np.ndarray, positives: np.ndarray, units: np.ndarray) 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray, subjects: np.ndarray) -> Estimate:
     """Top-label accuracy over images, its interval resampling scenes (images of a scene are not
     independent): the one definition evaluate, its slices and the contract's headline report."""
-    return subject_mean(np.asarray(probabilities).argmax(1) == np.asarray(labels), subjects, "samples")
+    return subject_rate(np.asarray(probabilities).argmax(1) == np.asarray(labels), subjects, "samples")
 
 
 def content_metrics(
@@ -127,7 +127,7 @@ def content_metrics(
         metrics["unsafe/recall_at_fpr0.01"] = not_measurable("needs both safe and unsafe samples")
     for name, (target, label_column) in points.items():
         flagged, positives, units = point_outcomes(frame, name, target, label_column, classes, unsafe_classes)
-        fpr = subject_mean(flagged[~positives], units[~positives], "negatives")
+        fpr = subject_rate(flagged[~positives], units[~positives], "negatives")
         metrics[f"{name}/recall"], metrics[f"{name}/fpr"] = point_recall(flagged, positives, units), fpr
         if positives.any() and fpr.measurable:
             # What a reviewer sees in live traffic, where unsafe frames are rare.

@@ -150,6 +150,21 @@ def subject_mean(values: np.ndarray, subjects: np.ndarray, what: str) -> Estimat
     return _bootstrapped(value, (sums, counts), _pooled_mean, int(values.size), what, vectorized=True)
 
 
+def subject_rate(hits: np.ndarray, subjects: np.ndarray, what: str) -> Estimate:
+    """Share of images that are hits, with `subject_mean`'s interval, or an exact one where that says nothing.
+
+    When no image (or every image) is a hit, every resample is too, and the bootstrap claims
+    certainty: [0, 0]. Then the Clopper-Pearson interval over subjects, each subject one trial that
+    is a hit if any of its images is, bounds the rate instead (it can only be wider).
+    """
+    estimate = subject_mean(np.asarray(hits, dtype=np.float64), subjects, what)
+    if not estimate.measurable or 0.0 < estimate.value < 1.0:
+        return estimate
+    units = int(pd.unique(np.asarray(subjects)).size)
+    low, high = clopper_pearson(round(estimate.value) * units, units, CONFIDENCE)
+    return Estimate(estimate.value, low, high, estimate.n)
+
+
 def subject_bootstrap(
     statistic: Callable[[np.ndarray], float],
     subjects: np.ndarray,

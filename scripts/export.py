@@ -83,11 +83,15 @@ class DegeneratePointError(WorkbenchError):
     """An operating point flags so many negatives that its certified recall is worthless: nothing was published."""
 
 
+def _share(rate: float | None) -> str:
+    return "an unmeasured share" if rate is None else f"{rate:.1%}"
+
+
 def degenerate_warnings(state: CalibrationState, ceiling: float, allow: bool) -> list[str]:
     """Refuse points that buy their recall by flagging (nearly) everything, unless explicitly allowed."""
     messages = [
-        f"operating point '{p.name}' flags {p.false_alarm_rate:.1%} of calib and "
-        f"{p.test.get('false_alarm_rate') or 0:.1%} of test negatives (ceiling {ceiling:g})"
+        f"operating point '{p.name}' flags {_share(p.false_alarm_rate)} of calib and "
+        f"{_share(p.test.get('false_alarm_rate'))} of test negatives (ceiling {ceiling:g})"
         for p in state.operating_points
         if p.degenerate
     ]

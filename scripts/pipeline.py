@@ -15,8 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from scripts.hydra_app import console, run_stage
-from tracking.errors import WorkbenchError
-from tracking.registry import PromotionRefused
+from tracking.errors import PromotionRefused, WorkbenchError
 
 
 def state_folder(cfg: DictConfig) -> Path:

@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from scripts.hydra_app import console, run_stage
-from tracking.registry import Decision, PromotionRefused, format_figure
+from tracking.errors import PromotionRefused
+from tracking.registry import Decision, format_figure
 from tracking.registry import promote as promote_version
 
 

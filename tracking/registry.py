@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 CANDIDATE, CHAMPION = "candidate", "champion"
 SAFETY_TAG, PROMOTION_TAG, PROMOTION_TABLE_TAG = "safety", "promotion", "promotion.table"
 HEADLINE_UNITS = {"mae": ("years", 1.0), "accuracy": ("pct", 100.0)}
-
-
-class PromotionRefused(WorkbenchError):
-    """The gates turned the candidate down: a decision, not a fault, yet the stage must fail so nothing ships it."""
 
 
 def safety_record(contract: dict[str, Any]) -> dict[str, Any]:
@@ -116,14 +112,17 @@ def data_tags(contract: dict[str, Any]) -> dict[str, str]:
     return tags
 
 
-def worst_slice_ratio(contract: dict[str, Any]) -> float:
+def worst_slice_ratio(contract: dict[str, Any]) -> float | None:
     """Largest max/min ratio of the headline metric across the values of any attribute (1 = parity).
 
-    A slice the test split cannot measure (null) has nothing to compare; the contract names it with its reason.
+    None, which promotion refuses, when a slice has no value or a zero one: the ratio cannot say how far apart
+    the slices are, and leaving that slice out would make the candidate look fairer than it is.
     """
     ratios = [1.0]
     for values in contract["metrics"]["slices"].values():
-        numbers = [v["value"] for v in values.values() if v["value"] is not None and v["value"] > 0]
+        numbers = [v["value"] for v in values.values()]
+        if any(number is None or number <= 0 for number in numbers):
+            return None
         if len(numbers) > 1:
             ratios.append(max(numbers) / min(numbers))
     return max(ratios)
@@ -285,7 +284,9 @@ def _not_set(gate: str, flag: bool | None, detail: str, fix: str) -> GateCheck:
 
 def absolute_gates(record: dict[str, Any], gates: dict[str, Any]) -> list[GateCheck]:
     """What every champion must meet on its own, whatever it replaces (the first one included)."""
-    checks = []
+    points = record["points"]
+    detail = f"{len(points)} in the contract" if points else "none: nothing is certified; calibrate, then export"
+    checks = [GateCheck("certified operating points", bool(points), detail)]
     for name, point in record["points"].items():
         target = point["target_max_miss_rate"]
         checks += [
@@ -504,6 +505,12 @@ def promote(model_name: str, tolerances: dict[str, float], gates: dict[str, Any]
     decision = decide(model_name, candidate, champion, tolerances, gates)
     _record(client, candidate, decision)
     if decision.promoted:
-        with _tracking(model_name, f"moving '{CHAMPION}' to v{candidate.version} after recording that decision"):
-            client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
+        try:
+            with _tracking(model_name, f"moving '{CHAMPION}' to v{candidate.version} after recording that decision"):
+                client.set_registered_model_alias(model_name, CHAMPION, candidate.version)
+        except WorkbenchError:
+            # The record said "promoted": correct it, so the version never claims a move that did not happen.
+            failed = replace(decision, promoted=False, reasons=[*decision.reasons, f"moving '{CHAMPION}' failed"])
+            _record(client, candidate, failed)
+            raise
     return decision

@@ -54,6 +54,8 @@ def test_age_calibration_logs_a_linked_run_with_state_and_operating_points(train
         assert 0.0 <= metrics[f"calib/age/gate{gate}/threshold"] <= 1.0
         assert metrics[f"calib/age/gate{gate}/minor_pass_rate_upper_bound"] <= 0.1
         assert f"test/age/gate{gate}/adult_false_rejection" in metrics
+        assert f"test/age/gate{gate}/false_rejection_age{gate}" in metrics  # adult false rejection year by year
+        assert f"test/age/gate{gate}/pass_rate_age{int(gate) - 1}" in metrics  # the year just below the gate
     assert 0.0 <= metrics["test/age/interval90/coverage"] <= 1.0
     state = CalibrationState.load(Path(cfg.paths.output_dir) / STATE_FILE)
     assert state.task == "age" and state.age.intervals[0].group_by == ["sex", "skin_tone_bin"]

@@ -12,7 +12,7 @@ from calibration.state import CalibrationState
 from evaluation.age import gate_analysis, mae
 from evaluation.content import accuracy, content_metrics
 from evaluation.fairness import fairness_table
-from evaluation.stats import subject_bootstrap, subject_mean
+from evaluation.stats import subject_bootstrap, subject_mean, subject_rate
 from export.metrics import headline, sliced
 from scripts.evaluate import headline_functions
 
@@ -192,3 +192,14 @@ def test_content_point_recall_and_precision_equal_the_contracts():
     )
     assert metrics["recall_explicit/fpr"].value == contract["false_alarm_rate"]
     assert metrics["recall_explicit/precision_at_base_rate"].value == contract["precision_at_base_rate"]
+
+
+def test_a_rate_with_no_hits_gets_an_exact_bound_over_subjects_not_a_certain_zero():
+    """A bootstrap of all-zero flags is [0, 0]; the rate falls back to Clopper-Pearson over subjects."""
+    subjects = np.repeat(np.arange(40), 3)
+    none = subject_rate(np.zeros(120, bool), subjects, "negatives")
+    assert (none.value, none.low) == (0.0, 0.0) and none.high == pytest.approx(clopper_pearson(0, 40)[1])
+    every = subject_rate(np.ones(120, bool), subjects, "negatives")
+    assert (every.value, every.high) == (1.0, 1.0) and every.low == pytest.approx(clopper_pearson(40, 40)[0])
+    some = subject_rate(np.arange(120) % 7 == 0, subjects, "negatives")
+    assert 0 < some.low < some.value < some.high < 1

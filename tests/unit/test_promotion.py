@@ -85,7 +85,7 @@ def contract(task: str = "age") -> dict[str, Any]:
     else:
         headline = {"name": "accuracy", "value": 0.935, "ci_low": 0.92, "ci_high": 0.95, "n": 250}
         points = [_point("recall_explicit", None, {}), _point("recall_unsafe", None, {})]
-    slices = {"skin_tone_bin": {"light": {"value": 3.2}, "dark": {"value": 3.52}, "medium": {"value": None}}}
+    slices = {"skin_tone_bin": {"light": {"value": 3.2}, "dark": {"value": 3.52}, "medium": {"value": 3.3}}}
     return {
         "task": task,
         "metrics": {"headline": headline, "slices": slices},
@@ -128,7 +128,10 @@ def test_safety_tags_are_rounded_with_units_and_keep_the_exact_figures_in_strict
     assert tags["gate13.certified_miss_rate_upper_pct"] == "0.99"
     assert tags["gate13.test_false_alarm_rate_pct"] == "15.80"
     assert (tags["gate13.certified_unit"], tags["gate13.certified_calib_units"]) == ("subject", "300")
-    assert tags["worst_slice_ratio"] == "1.100"  # the unmeasured slice is left out, not read as 0
+    assert tags["worst_slice_ratio"] == "1.100"
+    unmeasured = changed(contract(), (("metrics", "slices", "skin_tone_bin", "medium", "value"), None))
+    assert safety_tags(unmeasured)["worst_slice_ratio"] == "n/a"  # never left out, which would look fairer
+    assert worse_criteria(unmeasured, contract()) == ["worst slice ratio"]
     exact = json.loads(tags[SAFETY_TAG], parse_constant=lambda name: pytest.fail(f"non-finite {name} in the tag"))
     assert exact["headline"]["value"] == 3.331234
     assert exact["points"]["gate13"]["near_gate"] == {"10": 0.0, "11": 0.0222, "12": 0.0444}
@@ -342,3 +345,26 @@ def test_an_unreadable_registry_is_never_read_as_having_no_champion(tracking_uri
         promote(NAME, TOLERANCES, GATES)
     monkeypatch.undo()
     assert champion_version(client) is None and promotion_tag(client, first) is None
+
+
+def test_a_failed_alias_move_leaves_a_record_that_says_nothing_moved(tracking_uri, monkeypatch):
+    client = MlflowClient(tracking_uri)
+    first = register(client, contract())
+    promote(NAME, TOLERANCES, GATES)
+    better = register(client, changed(contract(), (("metrics", "headline", "value"), 3.0)))
+
+    def unavailable(self: MlflowClient, name: str, alias: str, version: str):
+        raise MlflowException("503 Service Unavailable", error_code=INTERNAL_ERROR)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", unavailable)
+    with pytest.raises(WorkbenchError, match=r"moving 'champion' to v2"):
+        promote(NAME, TOLERANCES, GATES)
+    monkeypatch.undo()
+    assert champion_version(client) == first
+    record = promotion_tag(client, better)
+    assert record["promoted"] is False and record["reasons"][-1] == "moving 'champion' failed"
+
+
+def test_a_contract_without_operating_points_meets_no_absolute_gate_vacuously():
+    assert failed_gates(changed(contract(), (("operating_points",), []))) == ["certified operating points"]
+    assert "certified operating points" not in failed_gates(contract())
