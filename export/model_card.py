@@ -84,7 +84,7 @@ def render_model_card(contract: dict[str, Any]) -> str:
         "counts as missed when any of its images is missed. Thresholds are float32 and the graph compares its own "
         "float32 scores with them; export recounted every certificate's misses with onnxruntime on the calib split. "
         "False-alarm rates are shares of negative images flagged, with a 95% interval from a bootstrap over people "
-        f"or scenes; a point flagging more than {contract['release'].get('max_false_alarm_rate', 0.5):g} of them is "
+        f"or scenes; a point flagging more than {contract['release']['max_false_alarm_rate']:g} of them is "
         "degenerate and is not published unless explicitly allowed.",
         "",
         "| operating point | threshold | guarantee (calib) | test miss rate (95% CI) | test false-alarm rate (95% CI)"
