@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runtime.integrity import sha256_file
+from childsafe_runtime.integrity import sha256_file
 
 BUNDLE_FILES = ("model.onnx", "contract.json", "model_card.md")
 SUMS_FILE = "SHA256SUMS"

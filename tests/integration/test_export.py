@@ -23,7 +23,7 @@ from export.parity import certified_positives, reference_outputs
 from models.age_module import AgeModule
 from models.backbones import TORCHVISION_BACKBONES
 from models.content_module import ContentModule
-from runtime.consumer import BundleError, Filter
+from childsafe_runtime.consumer import BundleError, Filter
 from scripts.export import DegeneratePointError, ExportInputs, ParityError, build_wrapper, publish_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,7 +220,7 @@ def test_consumer_refuses_a_tampered_bundle_and_never_imports_torch(tmp_path):
 
     Image.fromarray(np.full((SIZE, SIZE, 3), 127, np.uint8)).save(image)
     probe = (
-        "import sys, json, runtime.consumer as c\n"
+        "import sys, json, childsafe_runtime.consumer as c\n"
         f"code = c.main([{str(bundle)!r}, {str(image)!r}])\n"
         "assert code == 0, code\n"
         "assert 'torch' not in sys.modules, 'the consumer imported torch'\n"
@@ -260,7 +260,7 @@ def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
 
     import cv2
 
-    from runtime.consumer import KOfNSmoother, stream_decisions
+    from childsafe_runtime.consumer import KOfNSmoother, stream_decisions
 
     bundle, contract = _export_and_consume(tmp_path, *_content_case("small_cnn"))
     video = tmp_path / "stream.avi"
@@ -280,7 +280,7 @@ def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
 
 
 def test_k_of_n_smoothing_holds_only_after_k_of_the_last_n_frames():
-    from runtime.consumer import KOfNSmoother
+    from childsafe_runtime.consumer import KOfNSmoother
 
     smoother = KOfNSmoother(k=2, n=3)
     decided = [smoother.update({"block": value})["block"] for value in (True, False, True, False, False, True)]

@@ -12,7 +12,7 @@ from conftest import compose_stage
 from mlflow import MlflowClient
 
 from calibration.state import CalibrationState
-from runtime.consumer import Filter
+from childsafe_runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
 from scripts.compare import compare
 from scripts.evaluate import evaluate

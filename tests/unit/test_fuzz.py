@@ -15,7 +15,7 @@ from datamodules.licensed.filenames import AgeDB, FGNet, UTKFace
 from datamodules.licensed.tables import AgeManifest, ContentManifest
 from datamodules.screening import HashList
 from export.contract import validate_contract
-from runtime.integrity import BundleError, verify_bundle
+from childsafe_runtime.integrity import BundleError, verify_bundle
 from tracking.errors import WorkbenchError
 
 JSON = st.recursive(

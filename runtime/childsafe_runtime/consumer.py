@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from runtime.integrity import BundleError, verify_bundle
+from childsafe_runtime.integrity import BundleError, verify_bundle
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}

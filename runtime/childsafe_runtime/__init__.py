@@ -1,0 +1,1 @@
+"""childsafe-runtime: the torch-free consumer of childsafe-workbench bundles (onnxruntime, numpy, Pillow)."""
