@@ -16,6 +16,7 @@ STAGES = {
     "compare": ("scripts.compare", "side-by-side metrics of MLflow runs with deltas: childsafe compare RUN_A RUN_B"),
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
+    "keys": ("scripts.keys", "release signing keys: childsafe keys new --out DIR (Ed25519; the private key never enters the repo)"),
     "sync": ("scripts.sync", "deliver what runs spooled while the MLflow server was away"),
     "bench": ("scripts.bench", "training throughput vs a plain PyTorch loop, loader, rendering, MFU, ORT vs eager"),
     "pipeline": (
