@@ -59,17 +59,22 @@ class Unreadable:
     skipped: bool = False  # a file of a format the contract does not list (it was not tried), not a failed read
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB: alpha (also a palette's transparency) on black, 16- and 32-bit greyscale scaled, not clipped."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # Pillow's own convert("L") clips these at 255; scale the 16-bit range instead (65535 -> 255).
-        values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """8-bit RGB as ingest makes it (datamodules/decoding.py states the same rules): 16-bit keeps its high
+    byte (v >> 8) rather than Pillow's clip at 255, alpha (also a palette's transparency) is composited on
+    black as round(colour x alpha / 255), and float images, which have no agreed 8-bit range, are refused.
+    """
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise ValueError("its pixels are 32-bit floats (mode F), which have no agreed 8-bit range")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if "A" in image.getbands() or "a" in image.getbands():
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def decode_image(path: Path, limits: SizeLimits, name: str | None = None) -> np.ndarray:
@@ -81,7 +86,7 @@ def decode_image(path: Path, limits: SizeLimits, name: str | None = None) -> np.
             limits.check(*image.size, name)  # before decoding: a huge image is refused without allocating it
             oriented = ImageOps.exif_transpose(image)
             oriented.load()
-            return np.asarray(_to_rgb(oriented), dtype=np.uint8).copy()
+            return np.ascontiguousarray(_to_rgb(oriented))
     except InputError:
         raise
     except UnidentifiedImageError as error:
