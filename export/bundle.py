@@ -7,16 +7,31 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from childsafe_runtime.integrity import sha256_file
+from childsafe_runtime.integrity import SUMS_FILE, sums_text
+from childsafe_runtime.signing import KEY_ENV, KeyFileError, configured_private_key, sign_sums
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-BUNDLE_FILES = ("model.onnx", "contract.json", "model_card.md")
-SUMS_FILE = "SHA256SUMS"
+from tracking.errors import WorkbenchError
 
 
-def write_sums(folder: Path) -> Path:
-    """`sha256sum`-compatible lines, so `sha256sum -c SHA256SUMS` verifies a bundle without our code."""
-    lines = [f"{sha256_file(folder / name)}  {name}\n" for name in BUNDLE_FILES]
-    (folder / SUMS_FILE).write_text("".join(lines))
+def release_key(configured: str | None) -> Ed25519PrivateKey | None:
+    """The key export signs with (export.signing.key, else env CHILDSAFE_SIGNING_KEY), or None: unsigned."""
+    try:
+        return configured_private_key(configured)
+    except KeyFileError as error:
+        raise WorkbenchError(
+            f"The release signing key (export.signing.key or env {KEY_ENV}) cannot be used: {error}"
+        ) from error
+
+
+def write_sums(folder: Path, signing_key: Ed25519PrivateKey | None) -> Path:
+    """SHA256SUMS over every file of the bundle (`sha256sum -c` checks it), then SHA256SUMS.sig when a key is given.
+
+    Written last: the signature covers the list, and the list covers every file, so nothing changes after it.
+    """
+    (folder / SUMS_FILE).write_text(sums_text(folder))
+    if signing_key is not None:
+        sign_sums(folder, signing_key)
     return folder / SUMS_FILE
 
 

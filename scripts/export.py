@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from childsafe_runtime.signing import signing_record
 from omegaconf import DictConfig, OmegaConf
 
 from calibration.state import CalibrationState
-from export.bundle import publish, staging_folder, write_sums
+from export.bundle import publish, release_key, staging_folder, write_sums
 from export.contract import build_contract, contract_text
 from export.metrics import headline, sliced
 from export.model_card import render_model_card
@@ -110,6 +111,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
     state, rows, target = inputs.state, inputs.rows, inputs.target
     warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
+    signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
     image_size = int(inputs.module.hparams.image_size)
     exporter = export_onnx(inputs.wrapper, image_size, staging / "model.onnx", settings.opset)
     reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage)
@@ -149,13 +151,18 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         exporter,
         OmegaConf.to_container(settings.smoothing),
         OmegaConf.to_container(settings.face_crop) if state.task == "age" else None,
-        inputs.release | {"allow_degenerate": bool(settings.allow_degenerate), "warnings": warnings},
+        inputs.release
+        | {
+            "allow_degenerate": bool(settings.allow_degenerate),
+            "warnings": warnings,
+            "signing": signing_record(signing_key),
+        },
         quantization,
     )
     (staging / "contract.json").write_text(contract_text(contract))
     embed_contract(staging / "model.onnx", contract)
     (staging / "model_card.md").write_text(render_model_card(contract))
-    write_sums(staging)
+    write_sums(staging, signing_key)
     return contract
 
 

@@ -150,6 +150,7 @@ def _settings(tmp_path: Path):
             "smoothing": {"method": "k_of_n", "k": 2, "n": 3},
             "allow_degenerate": False,
             "face_crop": {"box_margin": 0.4, "square": True, "alignment": "none"},
+            "signing": {"key": None},
         }
     )
 
