@@ -210,17 +210,7 @@ def test_a_stream_s_first_frames_follow_the_warm_up_rule(tmp_path, capsys, stand
     frames = _frames(records)
     assert code == 0 and {r["stream_id"] for r in frames} == {"call-7"}
     assert [r["decisions"]["recall_unsafe"] for r in frames] == [v == 60 for v in values]
-    assert [r["smoothed"]["recall_unsafe"] for r in frames] == [
-        True,
-        True,
-        True,
-        False,
-        False,
-        False,
-        False,
-        False,
-        True,
-    ]
+    assert [r["smoothed"]["recall_unsafe"] for r in frames] == [c == "T" for c in "TTTFFFFFT"]
     code, records, _ = _consume(capsys, stand_in_bundles["content"], *paths)  # no stream id: each image alone
     assert [r["smoothed"] for r in _frames(records)] == [r["decisions"] for r in _frames(records)]
 

@@ -37,17 +37,7 @@ def test_a_stream_s_first_frames_block_on_a_few_blocks_and_the_full_window_on_k(
     smoother = KOfNSmoother(3, 5)
     # frame 1-3 need 1 block, frame 4 needs 2, frame 5 on needs 3 of the last 5.
     votes = [True, False, False, False, False, True, True, False, True]
-    assert [smoother.update({"d": v})["d"] for v in votes] == [
-        True,
-        True,
-        True,
-        False,
-        False,
-        False,
-        False,
-        False,
-        True,
-    ]
+    assert [smoother.update({"d": v})["d"] for v in votes] == [c == "T" for c in "TTTFFFFFT"]
 
 
 def test_frames_without_a_decision_cast_no_vote():
