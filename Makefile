@@ -14,12 +14,19 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 
 install: $(STAMP)
 
+# The demo signs its bundles with a throwaway key pair it creates here (ignored by git). A real release key
+# lives outside the repo: export CHILDSAFE_SIGNING_KEY=/secure/release.key (or the PEM text) before exporting.
+DEMO_KEYS := $(CURDIR)/.cache/release-keys
+
 demo: $(STAMP)
-	$(BIN)/childsafe pipeline experiment=age_synthetic
-	$(BIN)/childsafe pipeline experiment=content_synthetic
+	test -f $(DEMO_KEYS)/release.key || $(BIN)/childsafe keys new --out $(DEMO_KEYS)
+	@echo "Signing the demo bundles with the demo release key $(DEMO_KEYS)/release.key (made for this checkout only)"
+	CHILDSAFE_SIGNING_KEY=$(DEMO_KEYS)/release.key $(BIN)/childsafe pipeline experiment=age_synthetic
+	CHILDSAFE_SIGNING_KEY=$(DEMO_KEYS)/release.key $(BIN)/childsafe pipeline experiment=content_synthetic
 	@echo
 	@echo "Bundles:      $(CURDIR)/releases/childsafe-age_synthetic  $(CURDIR)/releases/childsafe-content_synthetic"
-	@echo "Try one:      $(BIN)/childsafe-filter releases/childsafe-age_synthetic <image or folder>"
+	@echo "Signed with:  $(DEMO_KEYS)/release.key (public key $(DEMO_KEYS)/release.pub)"
+	@echo "Try one:      $(BIN)/childsafe-filter --public-key $(DEMO_KEYS)/release.pub releases/childsafe-age_synthetic <image or folder>"
 	@echo "Run folders:  $(CURDIR)/outputs/  (re-running make demo resumes; rm -r outputs/pipeline to start over)"
 	@echo "MLflow:       $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
 
