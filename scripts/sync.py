@@ -7,10 +7,17 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from scripts.hydra_app import console, run_stage
+from tracking.errors import WorkbenchError
 from tracking.spool import find_spools, replay
 
 
 def sync(cfg: DictConfig) -> int:
+    """A missing `root` is a mistyped path, not an empty spool: saying "nothing to sync" would hide it."""
+    if not Path(cfg.root).is_dir():
+        raise WorkbenchError(
+            f"sync: root={cfg.root} is not a folder. Give a run folder or the log folder that holds "
+            "the spools, e.g. root=outputs/train/runs/<run> (default: paths.log_dir)."
+        )
     spools = find_spools(Path(cfg.root))
     if not spools:
         console.print(f"Nothing to sync: no spool under {cfg.root}.")

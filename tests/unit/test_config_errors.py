@@ -1,10 +1,12 @@
 """Every kind of bad input stops before any work, with a message that names what to fix."""
 
 import socket
+import subprocess
+import sys
 
 import pytest
 
-from scripts.hydra_app import register_resolvers, validate
+from scripts.hydra_app import prepare, register_resolvers, validate
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import check_tracking_uri
 
@@ -75,3 +77,82 @@ def test_a_required_key_without_default_is_named(tmp_path):
     with pytest.raises(WorkbenchError, match=r"model_name must be given"):
         validate("promote", _folders(tmp_path))
     assert validate("promote", ["model_name=childsafe-age_synthetic", *_folders(tmp_path)]).model_name
+
+
+def test_output_dir_override_becomes_the_run_folder(tmp_path):
+    """lightning-hydra-template users set paths.output_dir; a real stage must then write there."""
+    target = tmp_path / "runs" / "x"
+    argv = ["experiment=age_synthetic", "debug=smoke", f"paths.output_dir={target}", *_folders(tmp_path)]
+    assert f"hydra.run.dir={target}" in prepare("train", argv)[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.cli",
+            "sync",
+            f"root={tmp_path}",
+            f"paths.output_dir={target}",
+            *_folders(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (target / ".hydra" / "config.yaml").is_file()
+    with pytest.raises(WorkbenchError, match=r"Give the output folder once"):
+        prepare("train", [f"paths.output_dir={target}", f"hydra.run.dir={target}", *_folders(tmp_path)])
+
+
+def test_a_mapping_given_as_a_dict_replaces_it(tmp_path):
+    cfg = validate(
+        "train",
+        [
+            "experiment=content_imagefolder",
+            f"data.root={tmp_path}",
+            "data.adapter.folder_classes={benign:safe,racy:suggestive,nsfw:explicit}",
+            *_folders(tmp_path),
+        ],
+    )
+    assert dict(cfg.data.adapter.folder_classes) == {"benign": "safe", "racy": "suggestive", "nsfw": "explicit"}
+
+
+def test_a_typo_inside_a_dict_value_is_named_never_the_typed_key_itself(tmp_path):
+    with pytest.raises(WorkbenchError) as error:
+        validate("train", ["data.generator={num_subject:5}", *_folders(tmp_path)])
+    assert "Did you mean data.generator.num_subjects?" in str(error.value)
+    with pytest.raises(WorkbenchError) as error:
+        validate("train", ["data.split_fractions={train:0.5,vals:0.5}", *_folders(tmp_path)])
+    assert "Did you mean data.split_fractions.val?" in str(error.value)
+    for typed in ("data.generator.num_subject", "data.split_fractions.vals"):
+        assert f"Did you mean {typed}?" not in str(error.value)
+
+
+def test_a_group_the_stage_lacks_names_the_stages_that_have_it(tmp_path):
+    with pytest.raises(WorkbenchError, match=r"calibrate stage has no config group 'debug'.*belongs to: bench, train"):
+        validate("calibrate", ["debug=smoke", *_folders(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("stage", "override"),
+    [
+        ("export", "export.release_dir={blocker}/releases"),
+        ("promote", "decision_file={blocker}/decision.json"),
+        ("train", "paths.output_dir={blocker}/run"),
+    ],
+)
+def test_every_output_location_is_checked_up_front(tmp_path, stage, override):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    extra = ["model_name=m"] if stage == "promote" else []
+    with pytest.raises(WorkbenchError, match=r"is not writable \(.*a-file is a file, not a folder\)"):
+        validate(stage, [override.format(blocker=blocker), *extra, *_folders(tmp_path)])
+
+
+def test_sync_of_a_missing_root_is_an_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from scripts.sync import sync
+
+    with pytest.raises(WorkbenchError, match=r"root=.*nowhere is not a folder"):
+        sync(OmegaConf.create({"root": str(tmp_path / "nowhere")}))
+    assert sync(OmegaConf.create({"root": str(tmp_path)})) == 0  # an existing folder without spools is fine
