@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from childsafe_runtime.boxes import BoxesSidecar, SidecarError
+from childsafe_runtime.boxes import BoxesSidecar, BoxLine, SidecarError
 from childsafe_runtime.crop import BoxError, CropConvention, check_box, crop_face, is_too_small
 from childsafe_runtime.detector import Detector, DetectorError
 from childsafe_runtime.frames import Frame, SizeLimits, Unreadable, read_inputs
@@ -29,7 +29,8 @@ from childsafe_runtime.integrity import MODEL_FILE, BundleError, read_contract, 
 from childsafe_runtime.smoothing import KOfNSmoother, NoFaceClock, StreamClock
 
 SCHEMA_MAJOR = 2
-KNOWN_RULES = ("decision = score >= threshold",)
+DECISION_RULE = "decision = score >= threshold"  # what the graph's `decisions` output computes per point
+ABSTAIN_RULE = "abstain when ood_score > threshold"  # applied here, to the graph's ood_score output
 
 EXIT_OK = 0
 EXIT_REFUSED = 2  # the command line, the bundle, its contract or the public key was refused: nothing was judged
@@ -47,12 +48,16 @@ def check_contract(contract: dict[str, Any], source: str) -> None:
             f"{source} has schema_version {version!r}: this childsafe-runtime reads schema {SCHEMA_MAJOR} only. "
             "Install the childsafe-runtime release made for that bundle, or re-export the bundle."
         )
-    for point in contract.get("operating_points", []):
-        if point.get("rule") not in KNOWN_RULES:
+    stated = [
+        (f"operating point {p.get('name')!r}", p.get("rule"), DECISION_RULE)
+        for p in contract.get("operating_points", [])
+    ]
+    stated.append(("abstention.ood", contract.get("abstention", {}).get("ood", {}).get("rule"), ABSTAIN_RULE))
+    for where, rule, known in stated:
+        if rule != known:
             raise BundleError(
-                f"{source} operating point {point.get('name')!r} has rule {point.get('rule')!r}; this consumer "
-                f"knows only {list(KNOWN_RULES)}, so it cannot say what the graph's decisions mean. "
-                "Use a childsafe-runtime release that knows the rule."
+                f"{source} {where} has rule {rule!r}; this consumer knows only {known!r} there, so it cannot "
+                "apply the bundle faithfully. Use the childsafe-runtime release made for that bundle."
             )
 
 
@@ -113,7 +118,7 @@ class Filter:
         Images of one shape share a session call (up to `batch`); each image goes in at its own size.
         """
         images = list(images)
-        records: list[dict[str, Any]] = [{}] * len(images)
+        records: list[dict[str, Any]] = [{} for _ in images]
         for indices in _same_shape_chunks([image.shape for image in images], batch):
             values = self.session.run(
                 self.output_names, {self.input_name: np.stack([images[i] for i in indices]).astype(np.uint8)}
@@ -205,6 +210,14 @@ def _same_shape_chunks(shapes: Sequence[tuple[int, ...]], batch: int) -> Iterato
             yield indices[start : start + batch]
 
 
+class BadBox(Exception):
+    """A frame's box that breaks the crop convention; `line` is its sidecar line (None: the detector's)."""
+
+    def __init__(self, message: str, line: BoxLine | None):
+        super().__init__(message)
+        self.line = line
+
+
 @dataclass
 class _Stream:
     smoother: KOfNSmoother
@@ -243,10 +256,10 @@ class Run:
                 stream = self._stream_id(Path(source), event)
                 try:
                     boxes, line = self._boxes(event)
-                except BoxError as error:
+                except BadBox as error:
                     yield from self._flush(pending)
                     pending = []
-                    yield self._bad_box(event, stream, str(error))
+                    yield self._bad_box(event, stream, error)
                     continue
                 pending.append((event, stream, (boxes, line)))
                 if len(pending) >= self.batch:
@@ -271,27 +284,27 @@ class Run:
         return frame.source
 
     def _boxes(self, frame: Frame) -> tuple[list[list[float]] | None, int | None]:
-        """The frame's boxes (checked against it) and their sidecar line, else the detector's, else none."""
+        """The frame's boxes and their sidecar line, else the detector's, else none; each checked against the frame.
+
+        A box that breaks the convention raises BadBox naming where it came from and the frame.
+        """
         if self.filter_.convention is None:
             return None, None
-        line = (
-            self.sidecar.take((frame.name, frame.source), frame.index, frame.video_time_s is not None)
-            if self.sidecar
-            else None
-        )
+        is_video = frame.video_time_s is not None
+        line = self.sidecar.take((frame.name, frame.source), frame.index, is_video) if self.sidecar else None
         if line is not None:
-            height, width = frame.pixels.shape[:2]
-            for box in line.boxes:
-                try:
-                    check_box(box, width, height)
-                except BoxError as error:
-                    raise BoxError(
-                        f"{self.sidecar.path} line {line.number}, frame {frame.source} #{frame.index}: {error}"
-                    ) from None
-            return line.boxes, line.number
-        if self.detector is not None:
-            return self.detector.detect(frame.pixels), None
-        return None, None
+            boxes, origin = line.boxes, f"{self.sidecar.path} line {line.number}"
+        elif self.detector is not None:
+            boxes, origin = self.detector.detect(frame.pixels), f"the detector {self.detector.path}"
+        else:
+            return None, None
+        height, width = frame.pixels.shape[:2]
+        for box in boxes:
+            try:
+                check_box(box, width, height)
+            except BoxError as error:
+                raise BadBox(f"{origin}, frame {frame.source} #{frame.index}: {error}", line) from None
+        return boxes, None if line is None else line.number
 
     def _flush(self, pending: list) -> Iterator[dict[str, Any]]:
         if not pending:
@@ -351,15 +364,17 @@ class Run:
         self.counts[kind] += 1
         return {"type": kind, "source": event.source, "error": event.reason}
 
-    def _bad_box(self, frame: Frame, stream_id: str, reason: str) -> dict[str, Any]:
+    def _bad_box(self, frame: Frame, stream_id: str, error: BadBox) -> dict[str, Any]:
+        """The frame is not judged (its boxes cannot be trusted); a sidecar's bad box also makes the exit code 5."""
         self.counts["failed"] += 1
-        self.sidecar_problems.append(reason)
+        if error.line is not None:
+            self.sidecar_problems.append(str(error))
         return {
             "type": "failed",
             "source": frame.source,
             "frame_index": frame.index,
             "stream_id": stream_id,
-            "error": reason,
+            "error": str(error),
         }
 
     def exit_code(self) -> int:

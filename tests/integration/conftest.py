@@ -124,7 +124,9 @@ def stand_in_contract(task: str) -> dict:
         "input": {"name": "images", "min_side": 16, "max_side": 4096, "network_size": NETWORK},
         "outputs": [*outputs, {"name": "ood_score"}, {"name": "decisions", "columns": names}],
         "operating_points": points,
-        "abstention": {"ood": {"output": "ood_score", "threshold": OOD_THRESHOLD}},
+        "abstention": {
+            "ood": {"output": "ood_score", "threshold": OOD_THRESHOLD, "rule": "abstain when ood_score > threshold"}
+        },
         "runtime": {
             "smoothing": {"method": "k_of_n", "k": 3, "n": 5, "frame_rate_hz": 5},
             "no_decision": {"no_face_seconds": 2.0},

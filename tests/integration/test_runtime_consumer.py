@@ -69,12 +69,15 @@ def _scene(faces: list[tuple[int, list[int]]], value: int = 40) -> np.ndarray:
         ({"schema_version": 3}, r"schema_version 3: this childsafe-runtime reads schema 2 only"),
         ({"schema_version": 1}, r"schema_version 1"),
         ({"rule": "decision = score > threshold"}, r"operating point 'gate13' has rule 'decision = score > threshold'"),
+        ({"ood_rule": "abstain when ood_score >= threshold"}, r"abstention.ood has rule 'abstain when ood_score >="),
     ],
 )
 def test_an_unknown_schema_version_or_rule_is_refused_with_exit_2(tmp_path, capsys, change, message):
     contract = stand_in_contract("age")
     if "rule" in change:
         contract["operating_points"][0]["rule"] = change["rule"]
+    elif "ood_rule" in change:
+        contract["abstention"]["ood"]["rule"] = change["ood_rule"]
     else:
         contract.update(change)
     bundle = write_bundle(tmp_path / "bundle", stand_in_graph("age"), contract)
@@ -337,6 +340,9 @@ def test_the_detector_adapter_supplies_boxes_above_its_score_threshold(tmp_path,
     fixed = _fixed_detector(tmp_path / "fixed.onnx", [[10, 10, 40, 40]], [1.0], size=80)  # frame is 240 x 160
     code, records, _ = _consume(capsys, stand_in_bundles["age"], image, "--detector", fixed)
     assert _frames(records)[0]["faces"][0]["box"] == [30.0, 20.0, 120.0, 80.0]  # scaled back to frame pixels
+    inverted = _fixed_detector(tmp_path / "inverted.onnx", [[50, 50, 10, 10]], [1.0])
+    code, records, err = _consume(capsys, stand_in_bundles["age"], image, "--detector", inverted)
+    assert code == EXIT_UNREADABLE and f"the detector {inverted}, frame {image} #0" in err and "inverted" in err
 
 
 def test_a_detector_file_off_the_convention_is_refused(tmp_path, capsys, stand_in_bundles):
