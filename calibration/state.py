@@ -8,6 +8,7 @@ from pathlib import Path
 
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
+from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
 from tracking.errors import WorkbenchError
 
@@ -23,6 +24,7 @@ class CalibrationState:
     content: ContentCalibration | None = None
     age: AgeCalibration | None = None
     operating_points: list[OperatingPoint] = field(default_factory=list)
+    ood: OODCalibration | None = None  # the abstain score's statistics and threshold (calibration/ood.py)
     max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
     schema_version: int = SCHEMA_VERSION
 
@@ -53,6 +55,8 @@ class CalibrationState:
             age["gates"] = [GateCalibration(**g) for g in age["gates"]]
             age["intervals"] = [ConformalIntervals(**i) for i in age["intervals"]]
             data["age"] = AgeCalibration(**age)
+        if data.get("ood"):
+            data["ood"] = OODCalibration(**data["ood"])
         data["operating_points"] = [OperatingPoint(**op) for op in data["operating_points"]]
         if not all(point.target for point in data["operating_points"]):
             raise KeyError("operating_points[].target (states from before it existed)")

@@ -1,6 +1,6 @@
 """The export contract: everything a runtime filter needs to preprocess, run and decide, and nothing to guess.
 
-Its JSON Schema (`contract.schema.json`) is versioned with it; see docs/export-contract.md.
+Its JSON Schema (`contract.schema.json`) is versioned with it; see docs/export-contract.md (schema 2).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from childsafe_runtime.crop import CropConvention
+from childsafe_runtime.signing import signing_record
 from jsonschema import Draft202012Validator
 
 from calibration.operating_points import COMPARISON
@@ -21,7 +24,14 @@ from tracking.errors import WorkbenchError
 from tracking.mlflow_run import git_state
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
+SCHEMA_VERSION = 2
 METADATA_KEY = "childsafe_contract"
+MIN_SIDE, MAX_SIDE = 16, 4096  # input height and width the graph accepts, in pixels
+DECISION_RULE = "decision = score >= threshold"
+ABSTAIN_RULE = "abstain when ood_score > threshold"
+# Every `rule` a schema-2 contract may state; a consumer refuses any other, as it cannot know its meaning.
+KNOWN_RULES = (DECISION_RULE, ABSTAIN_RULE)
+IMAGE_FORMATS = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
 
 
 def non_finite_fields(value: Any, path: str = "") -> list[str]:
@@ -56,6 +66,25 @@ def validate_contract(contract: dict[str, Any]) -> None:
         raise WorkbenchError(f"Export contract field '{field}' is invalid: {error.message}")
 
 
+def float32_exact(value: float) -> float:
+    """The float32 nearest `value`, as a double: its JSON repr parses back to exactly that float32 in any language."""
+    return float(np.float32(value))
+
+
+def gate_number(gate: float) -> int | float:
+    """A gate as one JSON number type everywhere (13, not 13.0 in one place and "13" in another)."""
+    return int(gate) if float(gate).is_integer() else float(gate)
+
+
+OOD_OUTPUT = {
+    "name": "ood_score",
+    "dtype": "float32",
+    "shape": ["batch"],
+    "meaning": "out-of-distribution score of the input after the in-graph resize; abstain when above "
+    "abstention.ood.threshold",
+}
+
+
 def _outputs(state: CalibrationState, coverage: float) -> list[dict[str, Any]]:
     decisions = [p.name for p in state.operating_points]
     if state.task == "content":
@@ -74,6 +103,7 @@ def _outputs(state: CalibrationState, coverage: float) -> list[dict[str, Any]]:
                 "shape": ["batch"],
                 "meaning": f"calibrated probability that the frame is unsafe: any of {state.content.unsafe_classes}",
             },
+            OOD_OUTPUT,
             {
                 "name": "decisions",
                 "dtype": "bool",
@@ -82,7 +112,7 @@ def _outputs(state: CalibrationState, coverage: float) -> list[dict[str, Any]]:
                 "meaning": "True = filter this frame, one column per operating point",
             },
         ]
-    gates = [f"{g.gate:g}" for g in state.age.gates]
+    gates = [f"{g.gate:g}" for g in state.age.gates]  # column names: "P(age < 13)"
     return [
         {"name": "expected_age", "dtype": "float32", "shape": ["batch"], "meaning": "point estimate of age in years"},
         {
@@ -104,6 +134,7 @@ def _outputs(state: CalibrationState, coverage: float) -> list[dict[str, Any]]:
             "shape": ["batch"],
             "meaning": f"upper end of the split-conformal age interval at coverage {coverage:g}",
         },
+        OOD_OUTPUT,
         {
             "name": "decisions",
             "dtype": "bool",
@@ -131,12 +162,13 @@ def _operating_points(state: CalibrationState) -> list[dict[str, Any]]:
             {
                 "name": point.name,
                 "target": point.target,
-                "gate": point.gate,
+                "gate": None if point.gate is None else gate_number(point.gate),
                 "decision_column": column,
                 "score": score,
-                "threshold": point.threshold,
+                "threshold": float32_exact(point.threshold),
+                "threshold_precision": "float32",
                 "comparison": COMPARISON,
-                "rule": "decision = score >= threshold",
+                "rule": DECISION_RULE,
                 "degenerate": point.degenerate,
                 "guarantee": {
                     "meaning": meaning,
@@ -174,7 +206,7 @@ def _calibration(state: CalibrationState) -> dict[str, Any]:
     return {
         "method": "temperature + per-gate choice of temperature or isotonic (5-fold CV Brier)",
         "temperature": a.temperature,
-        "gates": {f"{g.gate:g}": g.method for g in a.gates},
+        "gates": [{"gate": gate_number(g.gate), "method": g.method} for g in a.gates],
         "intervals": [
             {"coverage": i.coverage, "quantile": i.quantile, "method": "normalised split conformal"}
             for i in a.intervals
@@ -183,6 +215,123 @@ def _calibration(state: CalibrationState) -> dict[str, Any]:
         "max_age": a.max_age,
         "clipping": f"expected age and interval ends are clipped to [0, {a.max_age:g}] years",
     }
+
+
+def _input(state: CalibrationState, image_size: int, face_crop: CropConvention | None) -> dict[str, Any]:
+    spec = {
+        "name": "images",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "channels": 3,
+        "colour_order": "RGB",
+        "height": None,
+        "width": None,
+        "shape": ["batch", "height", "width", 3],
+        "min_side": MIN_SIDE,
+        "max_side": MAX_SIDE,
+        "network_size": image_size,
+        "resize": {
+            "in_graph": True,
+            "method": "bilinear",
+            "antialias": True,
+            "coordinate_transformation": "half_pixel",
+            "onnx_op": "Resize(mode=linear, antialias=1)",
+            "rounding": "round half to even, clamp to [0, 255]",
+            "output_size": [image_size, image_size],
+            "note": "feed the frame (content) or the face crop (age) at its own size; the graph resizes it to "
+            f"{image_size}x{image_size} as training data was resized. Do not resize before the call.",
+        },
+        "normalise": {
+            "in_graph": True,
+            "mean": [m * 255 for m in IMAGENET_MEAN],
+            "std": [s * 255 for s in IMAGENET_STD],
+        },
+        "decoding": {
+            "exif_orientation": "applied before anything else (the box coordinates refer to the oriented frame)",
+            "alpha": "composited on black",
+            "modes": "greyscale, palette, CMYK and 16-bit are converted to 8-bit RGB",
+            "formats": IMAGE_FORMATS,
+            "animated": "a .gif is read as its first frame",
+        },
+        "in_graph": [
+            "uint8 NHWC to float NCHW",
+            f"antialiased bilinear resize to {image_size}x{image_size}, rounded and clamped to [0, 255]",
+            "out-of-distribution score",
+            "per-channel normalisation",
+            "network",
+            "calibration",
+            "decisions",
+        ],
+    }
+    if face_crop is not None:
+        spec["face_crop"] = face_crop.describe()
+    return spec
+
+
+def _abstention(state: CalibrationState, face_crop: CropConvention | None) -> dict[str, Any]:
+    ood = state.ood
+    section: dict[str, Any] = {
+        "ood": {
+            "output": "ood_score",
+            "threshold": float32_exact(ood.threshold),
+            "threshold_precision": "float32",
+            "rule": ABSTAIN_RULE,
+            "fitted_on": "calib split",
+            "quantile": ood.quantile,
+            "calib_size": ood.calib_size,
+            "calib_abstention_rate": ood.calib_abstention_rate,
+            "test_abstention_rate": ood.test_abstention_rate,
+            "definition": "mean over 15 statistics of the resized input of ((statistic - calib mean)^2 / calib "
+            "variance); per channel: mean / 255, log(1 + std), log(1 + mean |vertical difference| + mean "
+            "|horizontal difference|), that log minus log(1 + std), and the three inter-channel correlations "
+            "cov / (std_a * std_b + 1). Blank frames (no spread) and noise (rough, colour-uncorrelated) score far "
+            "above the threshold; the score judges the input, not the model's confidence.",
+        },
+        "policy": "an abstained face or frame has no decision: it does not pass a gate and it casts no vote in "
+        "smoothing; see runtime.no_decision",
+    }
+    if face_crop is not None:
+        section["face_too_small"] = {
+            "min_face_side": face_crop.min_face_side,
+            "rule": "abstain when min(x1 - x0, y1 - y0) of the detector's box < min_face_side",
+        }
+    return section
+
+
+def _runtime(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any]:
+    k, n = smoothing["k"], smoothing["n"]
+    section: dict[str, Any] = {
+        "smoothing": {
+            "method": smoothing["method"],
+            "k": k,
+            "n": n,
+            "rule": f"a stream blocks on a decision column when at least k={k} of its last n={n} decided frames "
+            "blocked on it",
+            "warm_up": "until n frames have been seen, a stream blocks when at least max(1, k - (n - seen)) of the "
+            "seen frames blocked: its first frame decides alone",
+            "authoritative": "smoothed",
+            "frame_rate_hz": smoothing["frame_rate_hz"],
+            "frame_rate_note": f"chosen for frames sampled at {smoothing['frame_rate_hz']:g} per second "
+            f"(a {n / smoothing['frame_rate_hz']:g} s window)",
+            "stream": "frames sharing a stream_id, in order; a single image is a stream of one frame",
+        },
+        "no_decision": (
+            {
+                "no_face_seconds": smoothing["no_face_seconds"],
+                "rule": "a frame with no face, or where every face abstained, has no decision; a stream with no "
+                "decided face for no_face_seconds is flagged `no_face` (the runtime should then treat the user as "
+                "unverified)",
+            }
+            if state.task == "age"
+            else {"rule": "an abstained frame has no decision: it casts no vote in smoothing"}
+        ),
+    }
+    if state.task == "age":
+        section["faces"] = {
+            "frame_decision": "most restrictive over the frame's faces: a decision column is true when any decided "
+            "face's is true (the youngest face decides)"
+        }
+    return section
 
 
 def build_contract(
@@ -195,44 +344,30 @@ def build_contract(
     opset: int,
     exporter: str,
     smoothing: dict[str, Any],
-    face_crop: dict[str, Any] | None,
+    face_crop: CropConvention | None,
     release: dict[str, Any],
     quantization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The schema-2 contract; `release["signing"]` is `childsafe_runtime.signing.signing_record(key)`.
+
+    A release without it is recorded as unsigned, so every contract says how (or whether) it was signed.
+    """
     contract = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "task": state.task,
         "model_name": model_name,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mlflow_run_id": state.train_run_id,
         "git_commit": git_state()["git.commit"],
-        "input": {
-            "name": "images",
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "height": image_size,
-            "width": image_size,
-            "channels": 3,
-            "colour_order": "RGB",
-            "resize": {
-                "in_graph": False,
-                "method": "bilinear",
-                "note": f"resize the (cropped) image to exactly {image_size}x{image_size} before the call",
-            },
-            "normalise": {
-                "in_graph": True,
-                "mean": [m * 255 for m in IMAGENET_MEAN],
-                "std": [s * 255 for s in IMAGENET_STD],
-            },
-            "in_graph": ["uint8 to float", "per-channel normalisation", "network", "calibration", "decisions"],
-        },
+        "input": _input(state, image_size, face_crop),
         "outputs": _outputs(state, coverage),
         "labels": (
             {"classes": state.content.classes, "unsafe_classes": state.content.unsafe_classes}
             if state.task == "content"
-            else {"classes": ["age in years"], "gates": [g.gate for g in state.age.gates]}
+            else {"classes": ["age in years"], "gates": [gate_number(g.gate) for g in state.age.gates]}
         ),
         "operating_points": _operating_points(state),
+        "abstention": _abstention(state, face_crop),
         "calibration": _calibration(state),
         "data": data,
         "metrics": metrics,
@@ -243,11 +378,9 @@ def build_contract(
             "onnxruntime": metadata.version("onnxruntime"),
             "exporter": exporter,
         },
-        "runtime": {"smoothing": smoothing},
-        "release": release,
+        "runtime": _runtime(state, smoothing),
+        "release": {"signing": signing_record(None)} | release,
     }
-    if face_crop is not None:
-        contract["input"]["face_crop"] = face_crop
     contract["precision"] = "int8" if quantization and quantization["kept"] else "fp32"
     if quantization is not None:
         contract["quantization"] = quantization

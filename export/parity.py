@@ -1,8 +1,10 @@
 """The parity gate: onnxruntime must agree with the evaluated PyTorch model before anything is published.
 
-The reference is computed without the export wrapper: the trained LightningModule's forward plus
-the calibration state applied in numpy, exactly as the calibrate stage measured it. A mistake in
-the wrapper (a wrong normalisation constant, a mis-ordered buffer) therefore fails the gate.
+The reference is computed without the export wrapper: the pipeline's own resize (models.resize),
+the trained LightningModule's forward, and the calibration state applied in numpy, exactly as the
+calibrate stage measured it. A mistake in the wrapper (a wrong normalisation constant, a
+mis-ordered buffer, a missing or plain resize) therefore fails the gate. It runs on the full calib
+and test splits at the network's size, and on frames of several sizes made from calib images.
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ import pandas as pd
 import torch
 from rich.progress import track
 
+from calibration.ood import network_pixels
 from calibration.operating_points import recount, row_units
 from calibration.state import CalibrationState
 from evaluation.content import protected
 
 PROBABILITY_TOLERANCE = 1e-4
 AGE_TOLERANCE_YEARS = 1e-2  # 0.01 years (under 4 days): fp32 rounding through a ResNet-50 reaches ~1e-3
+OOD_RELATIVE_TOLERANCE = 1e-4  # the abstain score is a distance, compared relative to max(1, |score|)
 DECISION_BAND = 1e-5
 METRIC_TOLERANCE = 1e-3
 BATCH = 256
+# Frame sizes (height, width) the gate checks the in-graph resize at: the issue's three, the smallest
+# side the contract allows, the network's own size (the identity) and a portrait frame.
+PARITY_SIZES = ((97, 131), (480, 640), (720, 1280), (16, 16), (64, 64), (300, 200))
+FRAMES_PER_SIZE = 6
+FRAME_NOISE = 12  # +/- grey levels of deterministic sensor-like noise, so a plain (aliasing) resize shows
 
 
 def _batches(images: np.ndarray):
@@ -34,10 +43,13 @@ def _batches(images: np.ndarray):
 
 @torch.no_grad()
 def reference_outputs(module, state: CalibrationState, images: np.ndarray, coverage: float) -> dict[str, np.ndarray]:
+    """The pipeline's outputs on uint8 NHWC images of one size: resize, network, calibration in numpy."""
     module.eval()
+    size = int(module.hparams.image_size)
     parts: dict[str, list[np.ndarray]] = {}
     for batch in _batches(images):
-        out = module(torch.from_numpy(batch).permute(0, 3, 1, 2))
+        pixels = network_pixels(batch, size)
+        out = module(pixels)
         if state.task == "content":
             logits = out["logits"].numpy().astype(np.float64)
             probs, unsafe = state.content.probabilities(logits), state.content.unsafe_score(logits)
@@ -48,6 +60,8 @@ def reference_outputs(module, state: CalibrationState, images: np.ndarray, cover
             if state.age.intervals:  # an uncalibrated model has none
                 low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
                 values |= {"interval_low": low, "interval_high": high}
+        if state.ood is not None:
+            values["ood_score"] = state.ood.module()(pixels).numpy()
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
     outputs = {key: np.concatenate(value) for key, value in parts.items()}
@@ -69,7 +83,10 @@ def decision_scores(state: CalibrationState, outputs: dict[str, np.ndarray]) -> 
 
 
 def onnx_outputs(model_path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return session_outputs(ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]), images)
+
+
+def session_outputs(session: ort.InferenceSession, images: np.ndarray) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for batch in _batches(images):
@@ -109,12 +126,47 @@ class ParityReport:
     decision_disagreements: dict[str, int] = field(default_factory=dict)
     certified_misses: dict[str, dict] = field(default_factory=dict)
     metric_deltas: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, dict] = field(default_factory=dict)  # "HxW": that size's max_abs_diff and disagreements
     failures: list[str] = field(default_factory=list)
     samples: int = 0
 
     @property
     def passed(self) -> bool:
         return not self.failures
+
+
+def _tolerance(name: str, expected: np.ndarray) -> np.ndarray | float:
+    if name in ("expected_age", "interval_low", "interval_high"):
+        return AGE_TOLERANCE_YEARS
+    if name == "ood_score":
+        return OOD_RELATIVE_TOLERANCE * np.maximum(1.0, np.abs(expected))
+    return PROBABILITY_TOLERANCE
+
+
+def compare_outputs(
+    state: CalibrationState, reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], where: str = ""
+) -> tuple[dict[str, float], dict[str, int], list[str]]:
+    """Each output within its tolerance, and decisions equal wherever the score is outside the ε-band."""
+    max_abs_diff, disagreements, failures = {}, {}, []
+    for name, expected in reference.items():
+        if name == "scores":
+            continue
+        gap = np.abs(exported[name].astype(np.float64) - expected)
+        max_abs_diff[name] = float(gap.max()) if gap.size else 0.0
+        tolerance = _tolerance(name, expected)
+        if not np.all(gap <= tolerance):
+            failures.append(
+                f"{where}output '{name}' differs by up to {max_abs_diff[name]:.3g} (tolerance {np.max(tolerance):g})"
+            )
+    thresholds = np.array([p.threshold for p in state.operating_points])
+    outside_band = np.abs(reference["scores"] - thresholds) > DECISION_BAND
+    wanted = reference["scores"] >= thresholds
+    for column, point in enumerate(state.operating_points):
+        disagree = int(((exported["decisions"][:, column] != wanted[:, column]) & outside_band[:, column]).sum())
+        disagreements[point.name] = disagree
+        if disagree:
+            failures.append(f"{where}decision '{point.name}' disagrees on {disagree} samples outside the ε-band")
+    return max_abs_diff, disagreements, failures
 
 
 def check_parity(
@@ -135,26 +187,8 @@ def check_parity(
                 f"{count['units']} calib units its certificate counted {count['certified']} misses for; the "
                 "threshold sits within float32 noise of a calib score. Re-run calibrate (or enlarge the calib split)."
             )
-    for name, expected in reference.items():
-        if name == "scores":
-            continue
-        diff = float(np.max(np.abs(exported[name].astype(np.float64) - expected))) if expected.size else 0.0
-        report.max_abs_diff[name] = diff
-        tolerance = (
-            AGE_TOLERANCE_YEARS
-            if name in ("expected_age", "interval_low", "interval_high")
-            else (PROBABILITY_TOLERANCE)
-        )
-        if not diff <= tolerance:
-            report.failures.append(f"output '{name}' differs by up to {diff:.3g} (tolerance {tolerance:g})")
-    thresholds = np.array([p.threshold for p in state.operating_points])
-    outside_band = np.abs(reference["scores"] - thresholds) > DECISION_BAND
-    wanted = reference["scores"] >= thresholds
-    for column, point in enumerate(state.operating_points):
-        disagree = int(((exported["decisions"][:, column] != wanted[:, column]) & outside_band[:, column]).sum())
-        report.decision_disagreements[point.name] = disagree
-        if disagree:
-            report.failures.append(f"decision '{point.name}' disagrees on {disagree} samples outside the ε-band")
+    report.max_abs_diff, report.decision_disagreements, failures = compare_outputs(state, reference, exported)
+    report.failures += failures
     if state.task == "age":
         pair = [np.abs(out["expected_age"] - targets).mean() for out in (reference, exported)]
         name = "mae"
@@ -167,3 +201,35 @@ def check_parity(
             f"headline {name} moves by {report.metric_deltas[name]:.4g} (tolerance {METRIC_TOLERANCE})"
         )
     return report
+
+
+def frames_at(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Deterministic height x width frames from network-size images: nearest-neighbour enlarged, plus noise.
+
+    The noise is fixed (seeded by the size) and stands in for a camera's; without it an enlarged image
+    is so smooth that even a plain, aliasing bilinear shrink would pass.
+    """
+    rows = np.arange(height) * images.shape[1] // height
+    columns = np.arange(width) * images.shape[2] // width
+    enlarged = images[:, rows][:, :, columns].astype(np.int16)
+    noise = np.random.default_rng([height, width]).integers(-FRAME_NOISE, FRAME_NOISE + 1, enlarged.shape)
+    return np.clip(enlarged + noise, 0, 255).astype(np.uint8)
+
+
+def check_sizes(
+    module, state: CalibrationState, model_path: Path, images: np.ndarray, coverage: float, report: ParityReport
+) -> None:
+    """The graph on frames of every PARITY_SIZES size equals the pipeline's own resize-then-model."""
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for height, width in PARITY_SIZES:
+        frames = frames_at(images[:FRAMES_PER_SIZE], height, width)
+        label = f"{height}x{width}"
+        try:
+            exported = session_outputs(session, frames)
+        except Exception as error:  # onnxruntime raises its own types; a graph that rejects a size fails the gate
+            report.failures.append(f"frames of {label}: the graph refused them ({type(error).__name__}: {error})")
+            continue
+        reference = reference_outputs(module, state, frames, coverage)
+        diffs, disagreements, failures = compare_outputs(state, reference, exported, f"frames of {label}: ")
+        report.sizes[label] = {"frames": len(frames), "max_abs_diff": diffs, "decision_disagreements": disagreements}
+        report.failures += failures

@@ -1,9 +1,11 @@
-"""The export wrapper: preprocessing + network + calibration + decisions in one graph.
+"""The export wrapper: resize + normalisation + network + calibration + decisions in one graph.
 
 As in anomalib, everything the runtime needs to turn pixels into a decision lives in registered
-buffers, so the ONNX file carries it and no sidecar can be lost: input is uint8 RGB NHWC, the graph
-normalises, applies the calibration fitted on the calib split, and emits one boolean per operating
-point (True = block: a likely minor at that gate, or content to filter).
+buffers, so the ONNX file carries it and no sidecar can be lost: input is uint8 RGB NHWC of any
+height and width (a whole frame for content, a face crop for age), the graph resizes it with the
+one antialiased resize training data went through (models.resize), normalises, applies the
+calibration fitted on the calib split, emits one boolean per operating point (True = block: a
+likely minor at that gate, or content to filter), and the out-of-distribution abstain score.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from torch import nn
 
 from calibration.age import AgeCalibration
 from calibration.content import ContentCalibration
+from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
+from models.resize import resize_to_network
 
 
 class PiecewiseLinear(nn.Module):
@@ -34,8 +38,17 @@ class PiecewiseLinear(nn.Module):
         return self.base + (covered * self.slope).sum(dim=-1)
 
 
-def _nhwc_uint8_to_module_input(images: torch.Tensor) -> torch.Tensor:
-    return images.permute(0, 3, 1, 2)
+class NetworkInput(nn.Module):
+    """uint8 NHWC frames of any size -> what the network was trained on, and the abstain score of that input."""
+
+    def __init__(self, image_size: int, ood: OODCalibration):
+        super().__init__()
+        self.image_size = image_size
+        self.ood = ood.module()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = resize_to_network(images.permute(0, 3, 1, 2), self.image_size)
+        return pixels, self.ood(pixels)
 
 
 def _thresholds(points: list[OperatingPoint]) -> torch.Tensor:
@@ -43,11 +56,14 @@ def _thresholds(points: list[OperatingPoint]) -> torch.Tensor:
 
 
 class ContentExportWrapper(nn.Module):
-    output_names = ("probabilities", "unsafe_score", "decisions")
+    output_names = ("probabilities", "unsafe_score", "ood_score", "decisions")
 
-    def __init__(self, module: nn.Module, calibration: ContentCalibration, points: list[OperatingPoint]):
+    def __init__(
+        self, module: nn.Module, calibration: ContentCalibration, points: list[OperatingPoint], ood: OODCalibration
+    ):
         super().__init__()
         self.module = copy.deepcopy(module).eval()
+        self.network_input = NetworkInput(int(module.hparams.image_size), ood)
         k = len(calibration.classes)
         weight = calibration.vector_weight or [1.0 / calibration.temperature] * k
         bias = calibration.vector_bias or [0.0] * k
@@ -64,23 +80,32 @@ class ContentExportWrapper(nn.Module):
         self.register_buffer("score_columns", torch.tensor(columns, dtype=torch.long))
         self.register_buffer("thresholds", _thresholds(points))
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self.module.classifier(self.module.features(_nhwc_uint8_to_module_input(images)))
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pixels, ood_score = self.network_input(images)
+        logits = self.module.classifier(self.module.features(pixels))
         probabilities = torch.softmax(logits * self.logit_weight + self.logit_bias, dim=1)
         unsafe = (probabilities * self.unsafe_mask).sum(dim=1)
         if self.isotonic is not None:
             unsafe = self.isotonic(unsafe)
         scores = torch.cat([probabilities, unsafe[:, None]], dim=1)
         chosen = scores.index_select(1, torch.where(self.score_columns < 0, scores.shape[1] - 1, self.score_columns))
-        return probabilities, unsafe, chosen >= self.thresholds
+        return probabilities, unsafe, ood_score, chosen >= self.thresholds
 
 
 class AgeExportWrapper(nn.Module):
-    output_names = ("expected_age", "prob_below", "interval_low", "interval_high", "decisions")
+    output_names = ("expected_age", "prob_below", "interval_low", "interval_high", "ood_score", "decisions")
 
-    def __init__(self, module: nn.Module, calibration: AgeCalibration, points: list[OperatingPoint], coverage: float):
+    def __init__(
+        self,
+        module: nn.Module,
+        calibration: AgeCalibration,
+        points: list[OperatingPoint],
+        coverage: float,
+        ood: OODCalibration,
+    ):
         super().__init__()
         self.module = copy.deepcopy(module).eval()
+        self.network_input = NetworkInput(int(module.hparams.image_size), ood)
         self.register_buffer("temperature", torch.tensor(calibration.temperature, dtype=torch.float32))
         self.register_buffer("gates", torch.tensor([g.gate for g in calibration.gates], dtype=torch.float32))
         self.isotonic = nn.ModuleList(
@@ -95,7 +120,8 @@ class AgeExportWrapper(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         head = self.module.head
-        raw = head(self.module.features(_nhwc_uint8_to_module_input(images)))
+        pixels, ood_score = self.network_input(images)
+        raw = head(self.module.features(pixels))
         tempered = head.temper(raw, self.temperature)
         calibrated, uncalibrated = head.prob_below(tempered, self.gates), head.prob_below(raw, self.gates)
         columns, running = [], None
@@ -108,4 +134,4 @@ class AgeExportWrapper(nn.Module):
         half = self.interval_quantile * head.spread(tempered)
         low = torch.clamp(expected - half, min=torch.zeros_like(self.max_age), max=self.max_age)
         high = torch.clamp(expected + half, min=torch.zeros_like(self.max_age), max=self.max_age)
-        return expected, prob_below, low, high, prob_below >= self.thresholds
+        return expected, prob_below, low, high, ood_score, prob_below >= self.thresholds

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from calibration.fit import calibrate_age, calibrate_content
+from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
 from models.predict import predict
 from scripts.hydra_app import run_stage, show_metrics
@@ -21,6 +22,15 @@ from tracking.mlflow_run import log_metrics, stage_run
 from tracking.runs import resolve_trained_run
 
 STATE_FILE = "calibration_state.json"
+
+
+def fit_ood(datamodule, image_size: int) -> OODCalibration:
+    """The abstain score, fitted on the calib split (like every calibrator) and its abstention measured on test."""
+    images = datamodule.load().images
+    ood = OODCalibration.fit(images[datamodule.split_manifest("calib").index.to_numpy()], image_size)
+    test = images[datamodule.split_manifest("test").index.to_numpy()]
+    ood.test_abstention_rate = ood.abstention_rate(ood.scores(test, image_size))
+    return ood
 
 
 def calibrate(cfg: DictConfig) -> dict[str, float]:
@@ -46,7 +56,12 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
             age=result.age,
             operating_points=result.operating_points,
             max_false_alarm_rate=settings.max_false_alarm_rate,
+            ood=fit_ood(datamodule, int(model.hparams.image_size)),
         )
+        result.metrics |= {
+            f"{split}/{trained.task}/ood_abstention_rate": getattr(state.ood, f"{split}_abstention_rate")
+            for split in ("calib", "test")
+        }
         state_path = state.save(output_dir / STATE_FILE)
         table = output_dir / "operating_points.json"
         table.write_text(json.dumps([asdict(p) for p in result.operating_points], indent=2, allow_nan=False))

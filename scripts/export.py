@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from childsafe_runtime.crop import CropConvention
+from childsafe_runtime.integrity import sha256_file
 from childsafe_runtime.signing import signing_record
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +26,7 @@ from export.contract import build_contract, contract_text
 from export.metrics import headline, sliced
 from export.model_card import render_model_card
 from export.onnx_export import embed_contract, export_onnx
-from export.parity import check_parity, onnx_outputs, recount_certificates, reference_outputs
+from export.parity import check_parity, check_sizes, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from scripts.hydra_app import console, run_stage, show_metrics
@@ -60,10 +62,30 @@ def load_calibration(cfg: DictConfig, download_dir: Path) -> tuple[CalibrationSt
     return CalibrationState.load(Path(path)), run_id
 
 
+MANIFEST_ARTIFACT = "data/manifest.parquet"  # where the train stage logs the manifest file it trained from
+
+
 def build_wrapper(module, state: CalibrationState, coverage: float):
+    if state.ood is None:
+        raise WorkbenchError(
+            "The calibration state has no out-of-distribution fit (`ood`): it was written before schema-2 bundles. "
+            "Re-run `childsafe calibrate` for this training run, then export again."
+        )
     if state.task == "content":
-        return ContentExportWrapper(module, state.content, state.operating_points)
-    return AgeExportWrapper(module, state.age, state.operating_points, coverage)
+        return ContentExportWrapper(module, state.content, state.operating_points, state.ood)
+    return AgeExportWrapper(module, state.age, state.operating_points, coverage, state.ood)
+
+
+def manifest_record(manifest_file: Path) -> dict[str, str]:
+    """`data.digest`: the sha256 of the manifest file's bytes, which any client recomputes with `sha256sum`."""
+    return {
+        "digest": sha256_file(manifest_file),
+        "digest_algorithm": "sha256",
+        "manifest_file": manifest_file.name,
+        "manifest_artifact": MANIFEST_ARTIFACT,
+        "digest_note": f"sha256 of the bytes of {manifest_file.name} as logged to the training run's MLflow "
+        f"artefacts ({MANIFEST_ARTIFACT}); recompute with `sha256sum {manifest_file.name}`",
+    }
 
 
 @dataclass(frozen=True)
@@ -113,10 +135,12 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
     signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
     image_size = int(inputs.module.hparams.image_size)
-    exporter = export_onnx(inputs.wrapper, image_size, staging / "model.onnx", settings.opset)
+    exporter = export_onnx(inputs.wrapper, staging / "model.onnx", settings.opset)
     reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage)
     exported = onnx_outputs(staging / "model.onnx", inputs.images)
     report = check_parity(state, reference, exported, rows, target)
+    calib_images = inputs.images[(rows["split"] == "calib").to_numpy()]
+    check_sizes(inputs.module, state, staging / "model.onnx", calib_images, settings.coverage, report)
     (report_dir / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
     if not report.passed:
         raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
@@ -138,6 +162,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
             "samples": report.samples,
             "max_abs_diff": report.max_abs_diff,
             "certified_misses": report.certified_misses,
+            "sizes": report.sizes,
         },
     }
     contract = build_contract(
@@ -150,7 +175,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         settings.opset,
         exporter,
         OmegaConf.to_container(settings.smoothing),
-        OmegaConf.to_container(settings.face_crop) if state.task == "age" else None,
+        CropConvention(**OmegaConf.to_container(settings.face_crop)) if state.task == "age" else None,
         inputs.release
         | {
             "allow_degenerate": bool(settings.allow_degenerate),
@@ -234,7 +259,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
     datamodule = trained.datamodule()
     cached = datamodule.load()
     rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
-    data = datamodule.data_record()
+    data = datamodule.data_record() | manifest_record(cached.manifest_path)
     inputs = ExportInputs(
         module,
         build_wrapper(module, state, cfg.export.coverage),

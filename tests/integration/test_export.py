@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
 from calibration.fit import Scores, near_gate_rates, near_gate_years
+from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint, at_threshold, certify_threshold, is_degenerate, measure
 from calibration.state import CalibrationState
 from export.parity import certified_positives, reference_outputs
@@ -75,8 +76,16 @@ def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.Dat
 
 
 def _inputs(module, state, images, rows, target, wrapper=None) -> ExportInputs:
-    state = _certified(state, module, images, rows)
-    data = {"name": "random", "licence": "n/a", "digest": "0" * 64, "synthetic": True}
+    ood = OODCalibration.fit(images[(rows["split"] == "calib").to_numpy()], SIZE)
+    state = _certified(replace(state, ood=ood), module, images, rows)
+    data = {
+        "name": "random",
+        "licence": "n/a",
+        "digest": "0" * 64,
+        "digest_algorithm": "sha256",
+        "manifest_file": "manifest.parquet",
+        "synthetic": True,
+    }
     release = {"debug_run": False, "max_false_alarm_rate": 1.0}
     return ExportInputs(
         module, wrapper or build_wrapper(module, state, 0.9), state, images, rows, target, data, release
@@ -147,9 +156,9 @@ def _settings(tmp_path: Path):
             "opset": 18,
             "coverage": 0.9,
             "slice_attributes": ["sex"],
-            "smoothing": {"method": "k_of_n", "k": 2, "n": 3},
+            "smoothing": {"method": "k_of_n", "k": 2, "n": 3, "frame_rate_hz": 5, "no_face_seconds": 2.0},
             "allow_degenerate": False,
-            "face_crop": {"box_margin": 0.4, "square": True, "alignment": "none"},
+            "face_crop": {"margin": 0.4, "square": True, "min_face_side": 16},
             "signing": {"key": None},
         }
     )
@@ -176,7 +185,7 @@ def test_small_age_models_pass_parity_and_run_in_the_consumer(tmp_path, head):
     bundle, contract = _export_and_consume(tmp_path, *_age_case("small_cnn", head))
     assert contract["versions"]["exporter"] == "dynamo" and contract["versions"]["opset"] == 18
     assert sorted(p.name for p in bundle.iterdir()) == ["SHA256SUMS", "contract.json", "model.onnx", "model_card.md"]
-    assert contract["input"]["face_crop"]["box_margin"] == 0.4
+    assert contract["input"]["face_crop"]["margin"] == 0.4
     # 24 random test ages over 0-80: some year below a gate has nobody, so its rate is null with a reason.
     near_gate = [year for point in contract["operating_points"] for year in point["test"]["near_gate"]]
     assert any(year["rate"] is None and year["reason"].startswith("no subjects aged") for year in near_gate)
