@@ -144,7 +144,11 @@ def file_problems(folder: Path, listed: dict[str, str]) -> tuple[list[str], dict
         path = folder / name
         if not path.is_file():
             continue
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as error:
+            problems.append(f"{name} cannot be read ({error.strerror or error}): check its permissions")
+            continue
         if actual == expected:
             verified[name] = actual
         else:
@@ -159,13 +163,18 @@ def verify_bundle(folder: Path, public_key: PublicKeySource | None = None) -> Bu
     Ed25519PublicKey. None checks integrity only, with a warning saying so.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder} is not a bundle folder: it does not exist or is not a directory.")
     sums = folder / SUMS_FILE
     if not sums.is_file():
         raise BundleError(
             f"{sums} is missing: without it nothing in {folder} can be checked, so the bundle is refused. "
             "Re-export it, or copy the whole bundle folder again."
         )
-    data = sums.read_bytes()
+    try:
+        data = sums.read_bytes()
+    except OSError as error:
+        raise BundleError(f"{sums} cannot be read ({error.strerror or error}): check its permissions.") from None
     listed = parse_sums(data, sums)
     warnings = []
     key_digest = None

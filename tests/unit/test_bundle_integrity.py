@@ -68,6 +68,8 @@ def test_missing_or_foreign_sums_are_refused(tmp_path):
     (bundle / SUMS_FILE).unlink()
     with pytest.raises(BundleError, match=r"SHA256SUMS is missing: without it nothing .* can be checked"):
         verify_bundle(bundle)
+    with pytest.raises(BundleError, match="is not a bundle folder: it does not exist"):
+        verify_bundle(bundle / "model.onnx")
 
 
 def _remove(bundle):
