@@ -154,3 +154,29 @@ def stand_in_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return {
         task: write_bundle(root / task, stand_in_graph(task), stand_in_contract(task)) for task in ("age", "content")
     }
+
+
+@pytest.fixture(scope="session")
+def exported_age(tmp_path_factory: pytest.TempPathFactory):
+    """A real age bundle from the exporter: a small untrained CNN whose OOD abstention is fitted on synthetic faces.
+
+    Returns (bundle folder, module, calibration state): the module and state give the workbench's own outputs.
+    """
+    import pandas as pd
+    from test_export import SIZE, _age_case, _inputs, _settings
+
+    from datamodules.synthetic.faces import SyntheticFaces
+    from scripts.export import publish_bundle
+
+    faces = SyntheticFaces(seed=3, num_subjects=24, images_per_subject=2, image_size=SIZE)
+    rows = faces.manifest()
+    images = np.stack([faces.render(row, i) for i, row in rows.iterrows()])
+    subject = rows["subject_id"].str.rsplit("-", n=1).str[1].astype(int)
+    rows = pd.DataFrame(
+        {"split": np.where(subject % 2 == 0, "calib", "test"), **rows[["subject_id", "age", "sex"]].to_dict("list")}
+    )
+    module, state, target = _age_case("small_cnn", "dldl")
+    inputs = _inputs(module, state, images, rows, target)
+    root = tmp_path_factory.mktemp("exported-age")
+    bundle, _ = publish_bundle(_settings(root), inputs, root)
+    return bundle, module, inputs.state

@@ -351,3 +351,80 @@ def test_a_detector_file_off_the_convention_is_refused(tmp_path, capsys, stand_i
         capsys, stand_in_bundles["age"], image, "--detector", stand_in_bundles["age"] / "model.onnx"
     )
     assert code == EXIT_REFUSED and "must have outputs named 'boxes' and 'scores'" in err
+
+
+# --- an exported bundle against the workbench's own path (acceptance 2 and 6) ----------------------
+
+FACE = 90  # a face is rendered at 90 px and pasted so that its crop region is exactly the pasted patch
+INNER = 50  # the box: the patch's central 50 px, grown by the 0.4 margin on each side to 90 px
+
+
+def _paste_scene(faces: list[tuple[int, int, float]], seed: int) -> tuple[np.ndarray, list[list[int]]]:
+    """A 240 x 360 frame (a smooth wall with sensor noise) with synthetic faces of these apparent ages pasted."""
+    from datamodules.synthetic.faces import MONK_SCALE_RGB, render_face
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(60, 170, 360)[None, :, None] + np.linspace(0, 30, 240)[:, None, None]
+    frame = np.clip(ramp + rng.normal(0, 4, (240, 360, 3)), 0, 255).astype(np.uint8)
+    boxes = []
+    for x, y, age in faces:
+        face = render_face(age, MONK_SCALE_RGB[seed % 10], bool(seed % 2), rng, rng, FACE)
+        frame[y : y + FACE, x : x + FACE] = np.clip(np.rint(face * 255), 0, 255).astype(np.uint8)
+        margin = (FACE - INNER) // 2
+        boxes.append([x + margin, y + margin, x + margin + INNER, y + margin + INNER])
+    return frame, boxes
+
+
+def test_exported_bundle_reproduces_the_workbench_on_ingest_cropped_faces(tmp_path, capsys, exported_age):
+    """0, 1 and 2 faces pasted at known boxes: each face's outputs equal crop_face + resize_uint8 + the model."""
+    from export.parity import AGE_TOLERANCE_YEARS, PROBABILITY_TOLERANCE, reference_outputs
+    from models.resize import resize_uint8
+
+    bundle, module, state = exported_age
+    contract = json.loads((bundle / "contract.json").read_text())
+    scenes = {"none.png": [], "one.png": [(40, 60, 9.0)], "two.png": [(30, 40, 40.0), (220, 110, 12.0)]}
+    lines, frames = [], {}
+    for seed, (name, faces) in enumerate(scenes.items()):
+        frames[name], boxes = _paste_scene(faces, seed)
+        _save(tmp_path / "scenes" / name, frames[name])
+        lines.append({"frame": name, "boxes": boxes})
+    code, records, _ = _consume(capsys, bundle, tmp_path / "scenes", "--boxes", _boxes(tmp_path / "b.jsonl", lines))
+    by_name = {r["frame"]: r for r in _frames(records)}
+    assert code == 0 and by_name["none.png"]["decisions"] is None and by_name["none.png"]["abstained"] == "no_face"
+    convention = CropConvention(**{k: contract["input"]["face_crop"][k] for k in ("margin", "square", "min_face_side")})
+    thresholds = [p["threshold"] for p in contract["operating_points"]]
+    compared = 0
+    for line in lines[1:]:
+        record = by_name[line["frame"]]
+        for face, box in zip(record["faces"], line["boxes"], strict=True):
+            ingest = resize_uint8(crop_face(frames[line["frame"]], box, convention), module.hparams.image_size)
+            reference = reference_outputs(module, state, ingest[None], 0.9)
+            assert face["abstained"] is None, face  # a synthetic face is in distribution
+            assert abs(face["outputs"]["expected_age"] - reference["expected_age"][0]) <= AGE_TOLERANCE_YEARS
+            probabilities = list(face["outputs"]["prob_below"].values())
+            assert np.abs(np.array(probabilities) - reference["prob_below"][0]).max() <= PROBABILITY_TOLERANCE
+            for column, (name, blocked) in enumerate(face["decisions"].items()):
+                if abs(probabilities[column] - thresholds[column]) > PROBABILITY_TOLERANCE:
+                    assert blocked == (reference["prob_below"][0][column] >= thresholds[column]), name
+            compared += 1
+        assert record["decisions"] == {
+            name: any(face["decisions"][name] for face in record["faces"]) for name in record["decisions"]
+        }  # the youngest face decides
+    assert compared == 3
+
+
+def test_exported_bundle_abstains_on_blank_and_noise_and_flags_a_faceless_stream(tmp_path, capsys, exported_age):
+    bundle, _, _ = exported_age
+    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    paths = [_save(tmp_path / "blank.png", _flat(128, 120, 160)), _save(tmp_path / "noise.png", noise)]
+    box = [[40, 30, 100, 90]]
+    sidecar = _boxes(tmp_path / "b.jsonl", [{"frame": p.name, "boxes": box} for p in paths])
+    code, records, _ = _consume(capsys, bundle, *paths, "--boxes", sidecar)
+    assert code == EXIT_NOTHING_DECIDED
+    for frame in _frames(records):
+        (face,) = frame["faces"]
+        assert face["abstained"] == "out_of_distribution" and face["decisions"] is None, face["outputs"]
+        assert frame["decisions"] is None and frame["abstained"] == "all_faces_abstained"
+    faceless = [_save(tmp_path / "call" / f"{i:02d}.png", _flat(90, 120, 160)) for i in range(10)]
+    code, records, _ = _consume(capsys, bundle, *faceless, "--stream-id", "call")
+    assert code == EXIT_NOTHING_DECIDED and ["no_face" in r["flags"] for r in _frames(records)] == [False] * 9 + [True]
