@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -25,8 +25,11 @@ from childsafe_runtime.boxes import BoxesSidecar, BoxLine, SidecarError
 from childsafe_runtime.crop import BoxError, CropConvention, check_box, crop_face, is_too_small
 from childsafe_runtime.detector import Detector, DetectorError
 from childsafe_runtime.frames import Frame, SizeLimits, Unreadable, read_inputs
-from childsafe_runtime.integrity import MODEL_FILE, BundleError, read_contract, verify_bundle
+from childsafe_runtime.integrity import METADATA_KEY, MODEL_FILE, BundleError, read_contract, verify_bundle
 from childsafe_runtime.smoothing import KOfNSmoother, NoFaceClock, StreamClock
+
+if TYPE_CHECKING:
+    from childsafe_runtime.signing import PublicKeySource
 
 SCHEMA_MAJOR = 2
 DECISION_RULE = "decision = score >= threshold"  # what the graph's `decisions` output computes per point
@@ -77,7 +80,7 @@ class _Job:
 class Filter:
     """A loaded, verified bundle: frames (and face boxes) in, per-face outputs and frame decisions out."""
 
-    def __init__(self, bundle: Path, public_key: Any = None):
+    def __init__(self, bundle: Path, public_key: PublicKeySource | None = None):
         self.bundle = Path(bundle)
         check = verify_bundle(self.bundle, public_key=public_key)
         self.warnings = list(check.warnings)
@@ -85,19 +88,19 @@ class Filter:
             self.session = ort.InferenceSession(str(self.bundle / MODEL_FILE), providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime's own exception types; the file verified, so it is not ONNX we run
             raise BundleError(f"{self.bundle / MODEL_FILE} verified but onnxruntime cannot load it: {error}") from error
-        embedded = self.session.get_modelmeta().custom_metadata_map.get("childsafe_contract")
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.contract = read_contract(check, embedded)
         source = str(self.bundle / "contract.json")
         check_contract(self.contract, source)
         try:
-            self._read_contract()
+            self._take_contract_fields()
         except (KeyError, TypeError, StopIteration) as error:
             raise BundleError(
                 f"{source} lacks a field a schema {SCHEMA_MAJOR} contract has ({error!r}): it is incomplete. "
                 "Re-export the bundle."
             ) from error
 
-    def _read_contract(self) -> None:
+    def _take_contract_fields(self) -> None:
         spec = self.contract["input"]
         self.input_name = spec["name"]
         self.limits = SizeLimits(spec["min_side"], spec["max_side"])
@@ -152,8 +155,9 @@ class Filter:
 
         frame: uint8 (H, W, 3) RGB, oriented. boxes (age only): x0, y0, x1, y1 in that frame's pixels,
         as the contract's `input.face_crop` defines them; None or [] is a frame with no face. A box that
-        breaks the convention raises BoxError. `decisions` is None when the frame has no decision, and
-        `abstained` then says why (no_face, all_faces_abstained, out_of_distribution).
+        breaks the convention raises BoxError, a frame outside the contract's size limits InputError.
+        `decisions` is None when the frame has no decision, and `abstained` then says why (no_face,
+        all_faces_abstained, out_of_distribution).
         """
         jobs, results = self._jobs(items)
         graph = self.run([job.pixels for job in jobs], batch=max(1, batch)) if jobs else []
@@ -174,6 +178,7 @@ class Filter:
         for item, (frame, boxes) in enumerate(items):
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f"a frame must be uint8 (H, W, 3) RGB, got {frame.dtype} {frame.shape}")
+            self.limits.check(frame.shape[1], frame.shape[0], f"frame {item} of this call")
             if self.convention is None:
                 if boxes:
                     raise ValueError("this is a content bundle: it judges whole frames and takes no face boxes")
@@ -234,7 +239,7 @@ class Run:
     folder_is_stream: bool = False
     batch: int = 1
     sidecar: BoxesSidecar | None = None
-    detector: Any = None
+    detector: Detector | None = None
     streams: dict[str, _Stream] = field(default_factory=dict)
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(("frames_read", "decided", "abstained", "skipped", "failed"), 0)

@@ -18,6 +18,7 @@ import onnx
 import pytest
 from childsafe_runtime.consumer import EXIT_NOTHING_DECIDED, EXIT_REFUSED, EXIT_SIDECAR, EXIT_UNREADABLE, Filter, main
 from childsafe_runtime.crop import CropConvention, crop_face
+from childsafe_runtime.frames import InputError
 from childsafe_runtime.integrity import BundleError
 from conftest import stand_in_contract, stand_in_graph, write_bundle
 from onnx import TensorProto, helper
@@ -156,6 +157,8 @@ def test_too_small_and_out_of_distribution_faces_abstain_and_do_not_decide(stand
     assert result["decisions"] == result["faces"][1]["decisions"]  # only the decided face counts
     alone = filter_.decide(frame, [[20, 20, 80, 90], [200, 120, 210, 130]])
     assert alone["decisions"] is None and alone["abstained"] == "all_faces_abstained"
+    with pytest.raises(InputError, match=r"frame 0 of this call is 100x8 pixels"):
+        filter_.decide(np.zeros((8, 100, 3), np.uint8), [])
 
 
 def test_a_stream_without_a_decided_face_for_no_face_seconds_is_flagged(tmp_path, capsys, stand_in_bundles):
