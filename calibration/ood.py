@@ -25,9 +25,12 @@ from torch import nn
 from models.resize import resize_to_network
 
 QUANTILE = 0.995
-STATISTICS = tuple(
-    f"{name}_{channel}" for name in ("mean", "log_std", "log_gradient", "roughness") for channel in ("r", "g", "b")
-) + ("corr_rg", "corr_gb", "corr_rb")
+STATISTICS = (
+    *(f"{name}_{channel}" for name in ("mean", "log_std", "log_gradient", "roughness") for channel in "rgb"),
+    "corr_rg",
+    "corr_gb",
+    "corr_rb",
+)
 VARIANCE_FLOOR = 1e-6  # a statistic constant over the calib split must not divide by zero
 BATCH = 512
 

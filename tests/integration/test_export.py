@@ -11,31 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from childsafe_runtime.consumer import BundleError, Filter
 from contract_recount import recount_bundle
+from export_cases import CLASSES, SIZE
+from export_cases import age_case as _age_case
+from export_cases import content_case as _content_case
+from export_cases import data as _data
 from omegaconf import OmegaConf
 
-from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
-from calibration.content import ContentCalibration
 from calibration.fit import Scores, near_gate_rates, near_gate_years
 from calibration.ood import OODCalibration
-from calibration.operating_points import OperatingPoint, at_threshold, certify_threshold, is_degenerate, measure
+from calibration.operating_points import at_threshold, certify_threshold, is_degenerate, measure
 from calibration.state import CalibrationState
 from export.parity import certified_positives, reference_outputs
-from models.age_module import AgeModule
 from models.backbones import TORCHVISION_BACKBONES
-from models.content_module import ContentModule
-from childsafe_runtime.consumer import BundleError, Filter
 from scripts.export import DegeneratePointError, ExportInputs, ParityError, build_wrapper, publish_bundle
 
 REPO = Path(__file__).resolve().parents[2]
-SIZE, N = 64, 48
-CLASSES = ["safe", "suggestive", "explicit"]
-
-
-def _point(name: str, threshold: float, target: str, gate: float | None = None) -> OperatingPoint:
-    """A point at a fixed threshold; `_inputs` replaces its counts with what the data really gives."""
-    labels = "age" if target == "minor" else "label"
-    return OperatingPoint(name, threshold, 0.5, 0.95, 1, 0, 1.0, None, 0, target=target, gate=gate, labels=labels)
 
 
 def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.DataFrame) -> CalibrationState:
@@ -90,61 +82,6 @@ def _inputs(module, state, images, rows, target, wrapper=None) -> ExportInputs:
     return ExportInputs(
         module, wrapper or build_wrapper(module, state, 0.9), state, images, rows, target, data, release
     )
-
-
-def _age_case(backbone: str, head: str):
-    torch.manual_seed(0)
-    module = AgeModule({"name": backbone}, {"kind": head}, {"lr": 1e-3, "weight_decay": 0.0}, image_size=SIZE).eval()
-    calibration = AgeCalibration(
-        temperature=1.3,
-        gates=[
-            GateCalibration(13.0, "isotonic", {}, [0.0, 0.2, 0.6, 1.0], [0.0, 0.1, 0.7, 1.0]),
-            GateCalibration(16.0, "temperature", {}),
-            GateCalibration(18.0, "temperature", {}),
-        ],
-        intervals=[ConformalIntervals(0.9, 1.6, 300)],
-        calib_size=300,
-        max_age=100.0,
-    )
-    points = [_point(f"gate{g}", 0.4, "minor", g) for g in (13, 16, 18)]
-    state = CalibrationState("age", None, "x.ckpt", 0.95, age=calibration, operating_points=points)
-    return module, state, "age"
-
-
-def _content_case(backbone: str, method: str = "isotonic"):
-    torch.manual_seed(0)
-    module = ContentModule({"name": backbone}, {"lr": 1e-3, "weight_decay": 0.0}, classes=CLASSES, image_size=SIZE)
-    calibration = ContentCalibration(
-        method,
-        CLASSES,
-        ["suggestive", "explicit"],
-        temperature=1.7,
-        isotonic_x=[0.0, 0.5, 1.0],
-        isotonic_y=[0.05, 0.4, 0.95],
-    )
-    state = CalibrationState(
-        "content",
-        None,
-        "x.ckpt",
-        0.95,
-        content=calibration,
-        operating_points=[_point("recall_explicit", 0.3, "explicit"), _point("recall_unsafe", 0.5, "unsafe")],
-    )
-    return module.eval(), state, "label"
-
-
-def _data(target: str):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (N, SIZE, SIZE, 3), dtype=np.uint8)
-    rows = pd.DataFrame(
-        {
-            "split": ["calib", "test"] * (N // 2),
-            "subject_id": [f"s{i // 2}" for i in range(N)],
-            target: rng.uniform(0, 80, N) if target == "age" else rng.integers(0, 3, N),
-            "sex": rng.choice(["female", "male"], N),
-        }
-    )
-    return images, rows
 
 
 def _settings(tmp_path: Path):
@@ -269,7 +206,6 @@ def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
     import json
 
     import cv2
-
     from childsafe_runtime.consumer import KOfNSmoother, stream_decisions
 
     bundle, contract = _export_and_consume(tmp_path, *_content_case("small_cnn"))

@@ -147,6 +147,15 @@ def test_each_face_is_cropped_by_the_contract_and_the_youngest_face_decides(tmp_
     assert both["smoothed"]["gate18"]  # an image is a stream of one frame: its block stays a block
 
 
+def test_faces_batched_into_one_call_keep_their_own_outputs(stand_in_bundles):
+    filter_ = Filter(stand_in_bundles["age"])
+    boxes = [[30, 30, 70, 80], [150, 30, 190, 80], [100, 100, 140, 150]]  # equal sizes: one session call
+    frame = _scene([(5, boxes[0]), (235, boxes[1]), (120, boxes[2])])
+    batched = filter_.decide_many([(frame, boxes), (frame, boxes[::-1])], batch=8)
+    alone = [filter_.decide(frame, [box])["faces"][0] for box in boxes]
+    assert batched[0]["faces"] == alone and batched[1]["faces"] == alone[::-1]
+
+
 def test_too_small_and_out_of_distribution_faces_abstain_and_do_not_decide(stand_in_bundles):
     filter_ = Filter(stand_in_bundles["age"])
     frame = _scene([(0, [20, 20, 80, 90]), (235, [150, 40, 190, 100]), (20, [200, 120, 210, 130])], value=0)
