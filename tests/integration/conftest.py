@@ -163,7 +163,8 @@ def exported_age(tmp_path_factory: pytest.TempPathFactory):
     Returns (bundle folder, module, calibration state): the module and state give the workbench's own outputs.
     """
     import pandas as pd
-    from test_export import SIZE, _age_case, _inputs, _settings
+    from export_cases import SIZE, age_case
+    from test_export import _inputs, _settings
 
     from datamodules.synthetic.faces import SyntheticFaces
     from scripts.export import publish_bundle
@@ -175,7 +176,7 @@ def exported_age(tmp_path_factory: pytest.TempPathFactory):
     rows = pd.DataFrame(
         {"split": np.where(subject % 2 == 0, "calib", "test"), **rows[["subject_id", "age", "sex"]].to_dict("list")}
     )
-    module, state, target = _age_case("small_cnn", "dldl")
+    module, state, target = age_case("small_cnn", "dldl")
     inputs = _inputs(module, state, images, rows, target)
     root = tmp_path_factory.mktemp("exported-age")
     bundle, _ = publish_bundle(_settings(root), inputs, root)
