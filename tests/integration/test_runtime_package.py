@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import pytest
 from childsafe_runtime.signing import new_key_pair
+from export_cases import content_case, data
 from PIL import Image
-from test_export import _content_case, _data, _inputs, _settings
+from test_export import _inputs, _settings
 
 from scripts.export import publish_bundle
 
@@ -62,8 +63,8 @@ def _fresh_environment(tmp_path: Path, wheel: Path) -> Path:
 def _signed_content_bundle(tmp_path: Path) -> tuple[Path, Path]:
     """A small content bundle, exported through the parity gate and signed with a fresh release key."""
     private_key, public_key = new_key_pair(tmp_path / "keys")
-    module, state, target = _content_case("small_cnn")
-    images, rows = _data(target)
+    module, state, target = content_case("small_cnn")
+    images, rows = data(target)
     settings = _settings(tmp_path)
     settings.signing.key = str(private_key)
     bundle, contract = publish_bundle(settings, _inputs(module, state, images, rows, target), tmp_path)
