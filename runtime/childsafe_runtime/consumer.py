@@ -216,7 +216,8 @@ def _same_shape_chunks(shapes: Sequence[tuple[int, ...]], batch: int) -> Iterato
 
 
 class BadBox(Exception):
-    """A frame's box that breaks the crop convention; `line` is its sidecar line (None: the detector's)."""
+    """A frame whose boxes cannot be used (one breaks the crop convention, or the detector failed on it);
+    `line` is the sidecar line the box came from, None when it came from the detector."""
 
     def __init__(self, message: str, line: BoxLine | None):
         super().__init__(message)
@@ -300,7 +301,11 @@ class Run:
         if line is not None:
             boxes, origin = line.boxes, f"{self.sidecar.path} line {line.number}"
         elif self.detector is not None:
-            boxes, origin = self.detector.detect(frame.pixels), f"the detector {self.detector.path}"
+            origin = f"the detector {self.detector.path}"
+            try:
+                boxes = self.detector.detect(frame.pixels)
+            except DetectorError as error:
+                raise BadBox(f"{origin}, frame {frame.source} #{frame.index}: {error}", None) from None
         else:
             return None, None
         height, width = frame.pixels.shape[:2]

@@ -355,6 +355,9 @@ def test_the_detector_adapter_supplies_boxes_above_its_score_threshold(tmp_path,
     inverted = _fixed_detector(tmp_path / "inverted.onnx", [[50, 50, 10, 10]], [1.0])
     code, records, err = _consume(capsys, stand_in_bundles["age"], image, "--detector", inverted)
     assert code == EXIT_UNREADABLE and f"the detector {inverted}, frame {image} #0" in err and "inverted" in err
+    uneven = _fixed_detector(tmp_path / "uneven.onnx", [[10, 10, 40, 40]], [1.0, 0.5])
+    code, records, err = _consume(capsys, stand_in_bundles["age"], image, image, "--detector", uneven)
+    assert code == EXIT_UNREADABLE and "returned 1 boxes but 2 scores" in err and records[-1]["failed"] == 2
 
 
 def test_a_detector_file_off_the_convention_is_refused(tmp_path, capsys, stand_in_bundles):
