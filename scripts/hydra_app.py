@@ -313,7 +313,8 @@ def run_stage(config_name: str, task: Callable[[DictConfig], Any]) -> None:
         sys.exit(0)
     register_resolvers()
     try:
-        sys.argv[1:] = prepare(config_name, sys.argv[1:])[1]
+        if "--hydra-help" not in sys.argv[1:]:  # Hydra's own flags list needs no valid config
+            sys.argv[1:] = prepare(config_name, sys.argv[1:])[1]
     except (WorkbenchError, OverrideParseException) as error:
         errors.print(f"[bold red]Configuration error:[/] {error}")
         sys.exit(2)
