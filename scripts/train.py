@@ -105,6 +105,7 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     )
     logger.log_metrics(datamodule.data_metrics())
     client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
+    client.log_artifact(run_id, str(cached.manifest_path), "data")  # the file whose sha256 is the contract's data.digest
 
 
 def record_refusal(logger: MLFlowLogger | None, refusal: IngestRefused) -> None:
