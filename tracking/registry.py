@@ -137,7 +137,8 @@ def register_bundle(run_id: str, bundle: Path, contract: dict[str, Any], model_n
     from mlflow.models import infer_signature
 
     spec = contract["input"]
-    example = np.zeros((1, spec["height"], spec["width"], 3), dtype=np.uint8)
+    # A v2 graph takes any height and width (null in the contract): the example is at network size.
+    example = np.zeros((1, spec["height"] or spec["network_size"], spec["width"] or spec["network_size"], 3), np.uint8)
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     outputs = dict(
         zip([o.name for o in session.get_outputs()], session.run(None, {spec["name"]: example}), strict=True)
