@@ -4,9 +4,9 @@ The score is a diagonal Mahalanobis distance (the mean squared z-score) over 15 
 network input, after the in-graph resize: per channel the mean, log(1 + std), log(1 + mean absolute
 neighbour difference), the roughness log((1 + gradient) / (1 + std)), and the three inter-channel
 correlations. Blank frames have no spread, uniform noise is rough and colour-uncorrelated at any
-frame size, so both sit far from natural images. The threshold is the calib split's 0.995 quantile,
-so about 0.5% of in-distribution inputs abstain; the calibrate stage measures that rate on calib
-and test.
+frame size, so both sit far from natural images. The threshold is the calib split's 0.995 quantile
+(raised by a relative 1e-4, so float32 noise cannot move a calib image across it), so about 0.5% of
+in-distribution inputs abstain; the calibrate stage measures that rate on calib and test.
 
 A distance over the backbone's features was measured first and rejected: on the demo models it put
 blank and noise frames at 0.1x its threshold (features collapse towards their mean) and flagged none
@@ -31,6 +31,7 @@ STATISTICS = (
     "corr_gb",
     "corr_rb",
 )
+MARGIN = 1e-4  # relative: the threshold sits this far above the quantile's calib score, beyond float32 noise
 VARIANCE_FLOOR = 1e-6  # a statistic constant over the calib split must not divide by zero
 BATCH = 512
 
@@ -81,15 +82,19 @@ class OODCalibration:
         return OODScore(self.mean, self.var)
 
     @classmethod
-    def fit(cls, images: np.ndarray, size: int, quantile: float = QUANTILE) -> OODCalibration:
-        """Fit on the calib split's uint8 NHWC images, as the graph sees them after its resize."""
+    def fit(
+        cls, images: np.ndarray, size: int, test_images: np.ndarray | None = None, quantile: float = QUANTILE
+    ) -> OODCalibration:
+        """Fit on the calib split's uint8 NHWC images, as the graph sees them after its resize; measure on test."""
         stats = statistics_of(images, size).astype(np.float64)
         mean, var = stats.mean(axis=0), np.maximum(stats.var(axis=0), VARIANCE_FLOOR)
         fitted = cls(mean.tolist(), var.tolist(), 0.0, quantile, len(images), 0.0)
         scores = fitted.scores(images, size)
-        threshold = float(np.float32(np.quantile(scores, quantile, method="higher")))
-        fitted.threshold = threshold
+        # Just above a calib score, never on one: the graph's float32 score may differ from this one by an ulp.
+        fitted.threshold = float(np.float32(np.quantile(scores, quantile, method="higher") * (1 + MARGIN)))
         fitted.calib_abstention_rate = fitted.abstention_rate(scores)
+        if test_images is not None:
+            fitted.test_abstention_rate = fitted.abstention_rate(fitted.scores(test_images, size))
         return fitted
 
     def scores(self, images: np.ndarray, size: int) -> np.ndarray:

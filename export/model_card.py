@@ -33,6 +33,45 @@ def _rate(record: dict[str, Any], key: str, ends: tuple[str, str] | None = None)
     return f"{record[key]:.4f} ({_number(record[low])}-{_number(record[high])})"
 
 
+def _input_line(contract: dict[str, Any]) -> str:
+    spec = contract["input"]
+    what = "one face crop per face (see `input.face_crop`)" if contract["task"] == "age" else "whole frames"
+    return (
+        f"- Input: {spec['dtype']} {spec['colour_order']} {spec['layout']} {what} of any size from {spec['min_side']} "
+        f"to {spec['max_side']} pixels a side. The graph itself resizes to {spec['network_size']}x"
+        f"{spec['network_size']} (antialiased bilinear, as training data was resized; checked at several frame sizes "
+        "before publishing), then normalises and calibrates: do not resize before the call."
+    )
+
+
+def _abstention_line(contract: dict[str, Any]) -> str:
+    ood = contract["abstention"]["ood"]
+    small = contract["abstention"].get("face_too_small")
+    rates = f"{_share(ood['calib_abstention_rate'])} of calib and {_share(ood['test_abstention_rate'])} of test images"
+    return (
+        f"- Abstention: the graph's `ood_score` abstains on inputs far from the training images (blank or noise "
+        f"frames): {ood['rule']} ({ood['threshold']:.6g}, the calib split's {ood['quantile']:g} quantile; {rates})"
+        + (f"; faces smaller than {small['min_face_side']:g} pixels are abstained on too" if small else "")
+        + ". An abstained input has no decision and does not pass a gate."
+    )
+
+
+def _share(rate: float | None) -> str:
+    return "an unmeasured share" if rate is None else f"{rate:.2%}"
+
+
+def _signing_line(signing: dict[str, Any]) -> str:
+    if signing["public_key_sha256"] is None:
+        return (
+            "- Signing: **unsigned**; SHA256SUMS proves integrity only. Runtimes that pin a release key refuse "
+            "this bundle."
+        )
+    return (
+        f"- Signing: {signing['algorithm']} signature of {signing['signed_file']} in {signing['signature_file']}, "
+        f"release key sha256 `{signing['public_key_sha256']}`; runtimes pin that key and refuse anything else."
+    )
+
+
 def render_model_card(contract: dict[str, Any]) -> str:
     task, data, metrics = contract["task"], contract["data"], contract["metrics"]
     headline = "MAE (years)" if task == "age" else "accuracy"
@@ -44,8 +83,9 @@ def render_model_card(contract: dict[str, Any]) -> str:
         f"- Training run: MLflow `{contract['mlflow_run_id']}`; exported with {contract['versions']['exporter']} "
         f"at opset {contract['versions']['opset']} (torch {contract['versions']['torch']}, verified on onnxruntime "
         f"{contract['versions']['onnxruntime']}).",
-        f"- Input: {contract['input']['dtype']} {contract['input']['colour_order']} {contract['input']['layout']}, "
-        f"{contract['input']['height']}x{contract['input']['width']}; the graph normalises and calibrates itself.",
+        _input_line(contract),
+        _abstention_line(contract),
+        _signing_line(contract["release"]["signing"]),
         "",
         "## Intended use",
         INTENDED_USE[task],

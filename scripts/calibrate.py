@@ -27,10 +27,8 @@ STATE_FILE = "calibration_state.json"
 def fit_ood(datamodule, image_size: int) -> OODCalibration:
     """The abstain score, fitted on the calib split (like every calibrator) and its abstention measured on test."""
     images = datamodule.load().images
-    ood = OODCalibration.fit(images[datamodule.split_manifest("calib").index.to_numpy()], image_size)
-    test = images[datamodule.split_manifest("test").index.to_numpy()]
-    ood.test_abstention_rate = ood.abstention_rate(ood.scores(test, image_size))
-    return ood
+    calib, test = (images[datamodule.split_manifest(split).index.to_numpy()] for split in ("calib", "test"))
+    return OODCalibration.fit(calib, image_size, test)
 
 
 def calibrate(cfg: DictConfig) -> dict[str, float]:

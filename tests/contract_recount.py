@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pandas as pd
 
 
-def recount_bundle(bundle: Path, images: np.ndarray, rows: pd.DataFrame) -> dict[str, tuple[int, int]]:
-    """{point: (units the shipped graph misses, units its contract says were missed)} on `rows`' calib split."""
+def _calib_outputs(bundle: Path, images: np.ndarray, rows: pd.DataFrame) -> tuple[dict, dict[str, np.ndarray]]:
+    """The contract, and every output of the shipped graph on `rows`' calib split."""
     contract = json.loads((bundle / "contract.json").read_text())
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     calib = (rows["split"] == "calib").to_numpy()
@@ -25,13 +25,30 @@ def recount_bundle(bundle: Path, images: np.ndarray, rows: pd.DataFrame) -> dict
         batch = np.ascontiguousarray(chosen[start : start + 256])
         for output, value in zip(outputs, session.run(None, {contract["input"]["name"]: batch}), strict=True):
             outputs[output].append(value)
-    merged = {name: np.concatenate(values) for name, values in outputs.items()}
+    return contract, {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def recount_abstention(bundle: Path, images: np.ndarray, rows: pd.DataFrame) -> tuple[float, float]:
+    """(share of calib images the shipped graph's ood_score abstains on, the contract's calib_abstention_rate)."""
+    contract, merged = _calib_outputs(bundle, images, rows)
+    ood = contract["abstention"]["ood"]
+    assert ood["rule"] == "abstain when ood_score > threshold" and ood["threshold_precision"] == "float32"
+    score = merged[ood["output"]]
+    assert score.dtype == np.float32
+    return float(np.mean(score > np.float32(ood["threshold"]))), ood["calib_abstention_rate"]
+
+
+def recount_bundle(bundle: Path, images: np.ndarray, rows: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """{point: (units the shipped graph misses, units its contract says were missed)} on `rows`' calib split."""
+    contract, merged = _calib_outputs(bundle, images, rows)
+    calib = (rows["split"] == "calib").to_numpy()
     units = rows.loc[calib, "subject_id"].astype(str).to_numpy()
     counts = {}
     for point in contract["operating_points"]:
         spec = point["score"]
         score = merged[spec["output"]] if "column" not in spec else merged[spec["output"]][:, spec["column"]]
-        assert score.dtype == np.float32 and "float32" in point["comparison"]
+        assert score.dtype == np.float32 and point["threshold_precision"] == "float32"
+        assert float(np.float32(point["threshold"])) == point["threshold"]  # the JSON number is the float32 itself
         labels = rows.loc[calib, point["guarantee"]["labels"]].to_numpy()
         if contract["task"] == "age":
             positive = labels.astype(np.float32) < point["gate"]

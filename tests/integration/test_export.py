@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 from childsafe_runtime.consumer import BundleError, Filter
-from contract_recount import recount_bundle
+from contract_recount import recount_abstention, recount_bundle
+from doc_examples import drift
 from export_cases import CLASSES, SIZE
 from export_cases import age_case as _age_case
 from export_cases import content_case as _content_case
@@ -25,7 +27,14 @@ from calibration.operating_points import at_threshold, certify_threshold, is_deg
 from calibration.state import CalibrationState
 from export.parity import certified_positives, reference_outputs
 from models.backbones import TORCHVISION_BACKBONES
-from scripts.export import DegeneratePointError, ExportInputs, ParityError, build_wrapper, publish_bundle
+from scripts.export import (
+    DegeneratePointError,
+    ExportInputs,
+    ParityError,
+    build_wrapper,
+    manifest_record,
+    publish_bundle,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,16 +77,14 @@ def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.Dat
 
 
 def _inputs(module, state, images, rows, target, wrapper=None) -> ExportInputs:
-    ood = OODCalibration.fit(images[(rows["split"] == "calib").to_numpy()], SIZE)
+    calib, test = (images[(rows["split"] == split).to_numpy()] for split in ("calib", "test"))
+    ood = OODCalibration.fit(calib, SIZE, test)
     state = _certified(replace(state, ood=ood), module, images, rows)
-    data = {
-        "name": "random",
-        "licence": "n/a",
-        "digest": "0" * 64,
-        "digest_algorithm": "sha256",
-        "manifest_file": "manifest.parquet",
-        "synthetic": True,
-    }
+    with tempfile.TemporaryDirectory() as folder:  # the data record of a real manifest file, as export makes it
+        rows.to_parquet(Path(folder) / "manifest.parquet", index=False)
+        data = {"name": "random", "licence": "n/a", "synthetic": True} | manifest_record(
+            Path(folder) / "manifest.parquet"
+        )
     release = {"debug_run": False, "max_false_alarm_rate": 1.0}
     return ExportInputs(
         module, wrapper or build_wrapper(module, state, 0.9), state, images, rows, target, data, release
@@ -127,12 +134,17 @@ def test_small_age_models_pass_parity_and_run_in_the_consumer(tmp_path, head):
     near_gate = [year for point in contract["operating_points"] for year in point["test"]["near_gate"]]
     assert any(year["rate"] is None and year["reason"].startswith("no subjects aged") for year in near_gate)
     assert "NaN" not in (bundle / "contract.json").read_text()
+    card = (bundle / "model_card.md").read_text()
+    assert "The graph itself resizes to 64x64" in card and "`ood_score` abstains" in card and "**unsigned**" in card
+    if head == "dldl":
+        assert drift(contract) == []  # docs/export-contract.md's age examples have this contract's structure
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
 def test_small_content_model_passes_parity_and_runs_in_the_consumer(tmp_path, method):
     _, contract = _export_and_consume(tmp_path, *_content_case("small_cnn", method))
     assert [p["name"] for p in contract["operating_points"]] == ["recall_explicit", "recall_unsafe"]
+    assert drift(contract) == []  # docs/export-contract.md's content examples have this contract's structure
 
 
 @pytest.mark.slow
@@ -243,6 +255,8 @@ def test_the_shipped_graph_recounts_exactly_the_certified_misses(tmp_path, case)
     bundle, contract = publish_bundle(_settings(tmp_path), _inputs(module, state, images, rows, target), tmp_path)
     counts = recount_bundle(bundle, images, rows)
     assert counts and all(graph == certified for graph, certified in counts.values()), counts
+    graph_rate, stated_rate = recount_abstention(bundle, images, rows)
+    assert graph_rate == stated_rate and 0.0 <= stated_rate <= 0.005
     assert {p["guarantee"]["unit"] for p in contract["operating_points"]} == {"subjects"}
 
 

@@ -1,0 +1,70 @@
+"""The JSON examples of docs/export-contract.md, checked against (and regenerated from) real exported bundles.
+
+Each example is a fenced ```json block right after a marker `<!-- example: TASK PATH -->`, where
+PATH is a dotted path into the contract (`input`, `operating_points.0`). The export tests compare
+every example's structure (its keys, recursively, and the first item of each list) with the contract
+they just exported, so the doc cannot drift from the code. To refresh the values from bundles:
+
+    python tests/doc_examples.py releases/childsafe-age_synthetic releases/childsafe-content_synthetic
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "export-contract.md"
+EXAMPLE = re.compile(r"<!-- example: (?P<task>age|content) (?P<path>[\w.]+) -->\n```json\n(?P<body>.*?)\n```", re.S)
+
+
+def section(contract: dict[str, Any], path: str) -> Any:
+    value: Any = contract
+    for part in path.split("."):
+        value = value[int(part)] if isinstance(value, list) else value[part]
+    return value
+
+
+def structure(value: Any) -> Any:
+    """Keys all the way down; a list stands for its first item's structure; leaves are None."""
+    if isinstance(value, dict):
+        return {key: structure(item) for key, item in sorted(value.items())}
+    if isinstance(value, list):
+        return [structure(value[0])] if value else []
+    return None
+
+
+def examples(text: str) -> list[tuple[str, str, Any]]:
+    return [(m["task"], m["path"], json.loads(m["body"])) for m in EXAMPLE.finditer(text)]
+
+
+def drift(contract: dict[str, Any], text: str | None = None) -> list[str]:
+    """Each doc example of this contract's task whose structure differs from the contract's section."""
+    found = [e for e in examples(text or DOC.read_text()) if e[0] == contract["task"]]
+    if not found:
+        return [f"docs/export-contract.md has no example for task {contract['task']}"]
+    return [
+        f"docs/export-contract.md example '{task} {path}' has the structure {structure(example)}, the exported "
+        f"contract {structure(section(contract, path))}: regenerate it (python tests/doc_examples.py BUNDLE...)"
+        for task, path, example in found
+        if structure(example) != structure(section(contract, path))
+    ]
+
+
+def regenerate(bundles: list[Path]) -> None:
+    contracts = {c["task"]: c for c in (json.loads((b / "contract.json").read_text()) for b in bundles)}
+
+    def fill(match: re.Match) -> str:
+        contract = contracts.get(match["task"])
+        if contract is None:
+            return match[0]
+        body = json.dumps(section(contract, match["path"]), indent=2, sort_keys=True)
+        return f"<!-- example: {match['task']} {match['path']} -->\n```json\n{body}\n```"
+
+    DOC.write_text(EXAMPLE.sub(fill, DOC.read_text()))
+
+
+if __name__ == "__main__":
+    regenerate([Path(argument) for argument in sys.argv[1:]])
