@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from childsafe_runtime.consumer import ABSTAIN_RULE, DECISION_RULE
 from childsafe_runtime.crop import CropConvention
 from childsafe_runtime.signing import signing_record
 from jsonschema import Draft202012Validator
@@ -27,9 +28,8 @@ SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 SCHEMA_VERSION = 2
 METADATA_KEY = "childsafe_contract"
 MIN_SIDE, MAX_SIDE = 16, 4096  # input height and width the graph accepts, in pixels
-DECISION_RULE = "decision = score >= threshold"
-ABSTAIN_RULE = "abstain when ood_score > threshold"
-# Every `rule` a schema-2 contract may state; a consumer refuses any other, as it cannot know its meaning.
+# Every `rule` a schema-2 contract may state, taken from the reference consumer so the two cannot disagree;
+# a consumer refuses any other, as it cannot know its meaning.
 KNOWN_RULES = (DECISION_RULE, ABSTAIN_RULE)
 IMAGE_FORMATS = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from childsafe_runtime.consumer import BundleError, Filter
+from childsafe_runtime.crop import CropConvention
 from contract_recount import recount_abstention, recount_bundle
 from doc_examples import drift
 from export_cases import CLASSES, SIZE
@@ -25,6 +26,7 @@ from calibration.fit import Scores, near_gate_rates, near_gate_years
 from calibration.ood import OODCalibration
 from calibration.operating_points import at_threshold, certify_threshold, is_degenerate, measure
 from calibration.state import CalibrationState
+from export.contract import KNOWN_RULES
 from export.parity import certified_positives, reference_outputs
 from models.backbones import TORCHVISION_BACKBONES
 from scripts.export import (
@@ -129,7 +131,16 @@ def test_small_age_models_pass_parity_and_run_in_the_consumer(tmp_path, head):
     bundle, contract = _export_and_consume(tmp_path, *_age_case("small_cnn", head))
     assert contract["versions"]["exporter"] == "dynamo" and contract["versions"]["opset"] == 18
     assert sorted(p.name for p in bundle.iterdir()) == ["SHA256SUMS", "contract.json", "model.onnx", "model_card.md"]
-    assert contract["input"]["face_crop"]["margin"] == 0.4
+    assert contract["input"]["face_crop"] == CropConvention(0.4, True, 16).describe()
+    assert contract["schema_version"] == 2 and contract["input"]["height"] is None is contract["input"]["width"]
+    assert contract["input"]["resize"]["antialias"] is True and contract["input"]["network_size"] == SIZE
+    assert contract["labels"]["gates"] == [13, 16, 18] == [g["gate"] for g in contract["calibration"]["gates"]]
+    assert all(type(g) is int for g in contract["labels"]["gates"])
+    for point in contract["operating_points"]:
+        assert float(np.float32(point["threshold"])) == point["threshold"] and point["rule"] in KNOWN_RULES
+    assert contract["abstention"]["ood"]["rule"] in KNOWN_RULES
+    listed = [line.split()[1] for line in (bundle / "SHA256SUMS").read_text().splitlines()]
+    assert listed == ["contract.json", "model.onnx", "model_card.md"]  # every file but the sums themselves
     # 24 random test ages over 0-80: some year below a gate has nobody, so its rate is null with a reason.
     near_gate = [year for point in contract["operating_points"] for year in point["test"]["near_gate"]]
     assert any(year["rate"] is None and year["reason"].startswith("no subjects aged") for year in near_gate)
