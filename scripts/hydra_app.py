@@ -266,19 +266,31 @@ def _rewrite(argument: str, base: DictConfig, overrides: list[str]) -> list[str]
     return [f"~{key}", f"+{argument}"] if new_keys else [argument]
 
 
+def compose_base(config_name: str, overrides: list[str]) -> DictConfig:
+    """The stage's config with only the group choices among `overrides`: what each key is checked against.
+
+    No other check runs, so a caller can ask which keys a stage has before every required key is known.
+    """
+    groups = [o for o in overrides if _is_group(o.split("=", 1)[0]) and not _parse_override(o).is_sweep_override()]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name, overrides=groups)
+    except (ConfigCompositionException, MissingConfigException) as error:
+        raise WorkbenchError(_explain_group_error(config_name, error)) from error
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def prepare(config_name: str, argv: list[str]) -> tuple[DictConfig, list[str]]:
     """Compose the config as the stage will, turning each kind of mistake into a plain message.
 
     Returns the composed config and the arguments to hand Hydra (see `_rewrite`).
     """
     overrides = _value_overrides(argv)
+    base = compose_base(config_name, overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        plain = [o for o in overrides if not _parse_override(o).is_sweep_override()]
-        try:
-            base = compose(config_name, overrides=[o for o in plain if _is_group(o.split("=", 1)[0])])
-        except (ConfigCompositionException, MissingConfigException) as error:
-            raise WorkbenchError(_explain_group_error(config_name, error)) from error
         argv = [
             r
             for arg, is_override in _arguments(argv)

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scripts.hydra_app import console, has_key, prepare, run_stage
+from scripts.hydra_app import compose_base, console, has_key, prepare, run_stage
 from scripts.stage_help import CONFIG_DIR, config_groups
 from tracking.errors import PromotionRefused, WorkbenchError
 
@@ -93,7 +93,7 @@ def route(cfg: DictConfig, direct: list[str]) -> dict[str, list[str]]:
     routed: dict[str, list[str]] = {stage: [] for stage in cfg.stages}
     for override in group_overrides:
         _send(override, [s for s in cfg.stages if _override_key(override) in groups[s]], routed, "config group")
-    bases = {stage: compose_stage(stage, (*_base_arguments(cfg, stage), *routed[stage])) for stage in cfg.stages}
+    bases = {stage: compose_base(stage, [*_base_arguments(cfg, stage), *routed[stage]]) for stage in cfg.stages}
     for override in direct:
         if override not in group_overrides:
             key = _override_key(override)

@@ -103,6 +103,10 @@ def test_direct_overrides_find_their_stage_and_ambiguous_ones_are_refused(tmp_pa
         WorkbenchError, match=r"'train_task' is a config key of calibrate, evaluate, export.*overrides\.calibrate="
     ):
         pipeline_module.route(cfg, ["train_task=other"])
+    licensed = _pipeline_cfg(tmp_path, "experiment_name=age_utkface")
+    assert pipeline_module.route(licensed, [f"data.root={tmp_path}"])["train"] == [f"data.root={tmp_path}"]
+    with pytest.raises(WorkbenchError, match=r"'data.root' is no config key of any stage"):
+        pipeline_module.route(cfg, ["data.root=/d"])  # synthetic data has no root
     with pytest.raises(WorkbenchError, match=r"'trainer.max_epochz' is no config key of any stage"):
         pipeline_module.route(cfg, ["trainer.max_epochz=3"])
     own, direct = pipeline_module.split_arguments(
