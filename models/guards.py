@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tracking.errors import WorkbenchError
 
@@ -46,22 +51,58 @@ class FiniteGuard(L.Callback):
 
 
 class InterruptionCheckpoint(L.Callback):
-    """On SIGTERM (pre-emption) or Ctrl-C, write `last.ckpt` and remember why the run stopped.
+    """Stop on SIGTERM (pre-emption) or Ctrl-C at the end of a training step, write `last.ckpt` there, and say why.
 
-    Lightning turns SIGTERM into an exception at the end of a training batch, so the saved state is
-    a consistent one; the train stage then marks the MLflow run KILLED with this reason.
+    Lightning turns SIGTERM into an exception at the end of a training batch (or epoch), where the
+    loop's state is consistent. Ctrl-C would raise KeyboardInterrupt anywhere (mid forward, mid
+    optimizer step), and a checkpoint written then records a batch as started but not completed,
+    so the first Ctrl-C is turned into Lightning's SIGTERM stop at the next step's end; a second one
+    stops at once and writes nothing, keeping the last periodic checkpoint. A stop raised anywhere
+    else (during validation or testing, a crash) writes nothing either: `last.ckpt` is then the
+    periodic or epoch-end one, which resumes exactly. The train stage marks the MLflow run KILLED.
     """
+
+    SIGINT_REASON = "SIGINT (Ctrl-C)"
+    SIGTERM_REASON = "SIGTERM (pre-emption)"
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self._previous_sigint = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning has put its SIGTERM handler in place; a SIGINT ignored on purpose (nohup) stays ignored.
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            pass
+
+    def _on_sigint(self, signum: int, frame) -> None:
+        """Only records the request: a signal handler that wrote or raised here could tear whatever it interrupted."""
+        if self.reason is not None:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        self.reason = self.SIGINT_REASON
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.reason == self.SIGINT_REASON and not trainer.received_sigterm:
+            print(
+                "\nCtrl-C: stopping at the end of this training step and saving last.ckpt there "
+                "(resume with ckpt_path=last). Press Ctrl-C again to stop at once without saving.",
+                file=sys.stderr,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's own graceful stop, raised at this step's end
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_sigint()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+        self._restore_sigint()
         if isinstance(exception, SIGTERMException):
-            self.reason = "SIGTERM (pre-emption)"
+            self.reason = self.reason or self.SIGTERM_REASON
         elif isinstance(exception, KeyboardInterrupt):
-            self.reason = "SIGINT (Ctrl-C)"
+            self.reason = self.SIGINT_REASON
         else:
             return
         checkpoint = trainer.checkpoint_callback

@@ -7,7 +7,6 @@ from the config, fit, test the best checkpoint, and log what a reviewer needs to
 from __future__ import annotations
 
 import errno
-import json
 import signal
 import time
 from dataclasses import dataclass
@@ -33,37 +32,68 @@ from tracking.mlflow_run import (
     log_dataset_inputs,
     origin_tags,
 )
-from tracking.runs import RUN_RECORD
+from tracking.runs import RUN_CONFIG, RunRecord, TrainRunState, config_changes, newest_interrupted_run
 
 DATA_CONTEXTS = {"train": "training", "val": "validation", "calib": "calibration", "test": "testing"}
 
 
 @dataclass(frozen=True)
 class ResumePoint:
+    """Where training restarts: a checkpoint, and the interrupted run it continues in place (None: a new run)."""
+
     checkpoint: Path
-    mlflow_run_id: str | None
+    run: TrainRunState | None
+    config_changes: dict[str, tuple]
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.run.folder if self.run else None
+
+
+def _config_refusal(run: TrainRunState, changes: dict[str, tuple]) -> str:
+    listed = "; ".join(f"{key}: {before} -> {after}" for key, before, after in ((k, *v) for k, v in changes.items()))
+    return (
+        f"ckpt_path=last: the interrupted run {run.describe()} was trained with a different config, so resuming "
+        f"it would match neither config's result. Differing keys: {listed}. Resume it with its own values (drop "
+        "those overrides); or add resume.allow_config_change=true to resume it in place with the new ones (the "
+        f"MLflow run is then tagged resume.config_changed); or pass ckpt_path={run.checkpoint} to continue "
+        "from its state in a new MLflow run."
+    )
 
 
 def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
-    """`ckpt_path=last` means the newest `last.ckpt` of this task; the run record next to it names its MLflow run."""
+    """`ckpt_path=last`: the newest interrupted run of this task, in place, if its config is this one.
+
+    An explicit checkpoint path starts a new run (its own folder and MLflow run) from that state, so
+    the run the checkpoint came from, finished or not, is never written to.
+    """
     if cfg.ckpt_path is None:
         return None
-    if cfg.ckpt_path == "last":
-        runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise WorkbenchError(
-                f"ckpt_path=last: no checkpoint of task '{cfg.task_name}' under {runs}. "
-                "Start a fresh run (ckpt_path=null) or give a checkpoint path."
-            )
-        checkpoint = candidates[-1]
-    else:
+    if cfg.ckpt_path != "last":
         checkpoint = Path(cfg.ckpt_path)
         if not checkpoint.is_file():
             raise WorkbenchError(f"ckpt_path={checkpoint} does not exist. Give a .ckpt file, `last`, or null.")
-    record = checkpoint.parent.parent / RUN_RECORD
-    run_id = json.loads(record.read_text())["run_id"] if record.exists() else None
-    return ResumePoint(checkpoint, run_id)
+        return ResumePoint(checkpoint, None, {})
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    run = newest_interrupted_run(runs, cfg.task_name, cfg.resume.stale_after_s)
+    if run.tracking_uri and run.tracking_uri != default_tracking_uri():
+        raise WorkbenchError(
+            f"ckpt_path=last: the interrupted run {run.describe()} is tracked in {run.tracking_uri}, but "
+            f"MLFLOW_TRACKING_URI is now {default_tracking_uri()}. Set MLFLOW_TRACKING_URI={run.tracking_uri} to "
+            f"resume it in place, or pass ckpt_path={run.checkpoint} to continue from it in a new run."
+        )
+    saved = run.folder / RUN_CONFIG
+    if not saved.exists():
+        raise WorkbenchError(
+            f"ckpt_path=last: the interrupted run {run.describe()} has no {RUN_CONFIG}, so whether it was trained "
+            f"with this config is unknown. Pass ckpt_path={run.checkpoint} to continue from it in a new run."
+        )
+    changes = config_changes(
+        yaml.safe_load(saved.read_text()), OmegaConf.to_container(cfg, resolve=True), cfg.resume.unchecked_keys
+    )
+    if changes and not cfg.resume.allow_config_change:
+        raise WorkbenchError(_config_refusal(run, changes))
+    return ResumePoint(run.checkpoint, run, changes)
 
 
 def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | None:
@@ -72,22 +102,32 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | 
     uri = default_tracking_uri()
     check_tracking_uri(uri)
     ensure_experiment(uri, cfg.logger.mlflow.experiment_name)  # the logger then finds it, never races to create it
-    return instantiate(
-        cfg.logger.mlflow,
-        tracking_uri=uri,
-        run_id=resume.mlflow_run_id if resume else None,
-        tags=origin_tags() | {"task": cfg.task_name, "stage": "train"} | sweep_tags(),
+    tags = origin_tags() | {"task": cfg.task_name, "stage": "train"} | sweep_tags()
+    if resume is not None and resume.run is None:
+        tags["resumed_from.checkpoint"] = str(resume.checkpoint)
+    logger = instantiate(
+        cfg.logger.mlflow, tracking_uri=uri, run_id=resume.run.run_id if resume and resume.run else None, tags=tags
     )
+    if resume is not None and resume.run is not None and resume.run.run_id:
+        # Back to RUNNING (with a fresh heartbeat), so no other `ckpt_path=last` takes it while it trains.
+        logger.experiment.update_run(resume.run.run_id, status="RUNNING")
+        if resume.config_changes:
+            logger.experiment.set_tag(resume.run.run_id, "resume.config_changed", ", ".join(resume.config_changes))
+    return logger
+
+
+def write_config(cfg: DictConfig, run_dir: Path) -> Path:
+    """The resolved config beside the checkpoints: what a later `ckpt_path=last` compares itself with."""
+    config_file = run_dir / RUN_CONFIG
+    config_file.write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True), sort_keys=False))
+    return config_file
 
 
 def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir: Path) -> None:
     """Config, params, data lineage, the data's own floor and a preview: logged before any training."""
     client, run_id = logger.experiment, logger.run_id
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    config_file = output_dir / "config_resolved.yaml"
-    config_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    client.log_artifact(run_id, str(config_file), "config")
-    logger.log_hyperparams(flatten(resolved))
+    client.log_artifact(run_id, str(output_dir / RUN_CONFIG), "config")
+    logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)))
     cached = datamodule.load()
     client.set_tag(run_id, "data.digest", cached.digest)
     client.set_tag(run_id, "data.licence", datamodule.licence)
@@ -105,7 +145,8 @@ def record_origin(logger: MLFlowLogger, cfg: DictConfig, datamodule, output_dir:
     )
     logger.log_metrics(datamodule.data_metrics())
     client.log_artifact(run_id, str(datamodule.save_preview(output_dir / "preview.png")), "data")
-    client.log_artifact(run_id, str(cached.manifest_path), "data")  # the file whose sha256 is the contract's data.digest
+    # The file whose sha256 is the contract's data.digest.
+    client.log_artifact(run_id, str(cached.manifest_path), "data")
 
 
 def record_refusal(logger: MLFlowLogger | None, refusal: IngestRefused) -> None:
@@ -119,70 +160,114 @@ def record_refusal(logger: MLFlowLogger | None, refusal: IngestRefused) -> None:
     client.set_terminated(run_id, "FAILED")
 
 
-def record_interruption(trainer: L.Trainer, logger: MLFlowLogger | None, error: BaseException) -> None:
-    """Pre-emption or Ctrl-C ends the MLflow run KILLED with its reason; a crash ends it FAILED with a summary."""
+def interruption_reason(trainer: L.Trainer, error: BaseException | None) -> str | None:
+    """Why a run was stopped from outside (Ctrl-C, SIGTERM), or None for a crash."""
+    reasons = [c.reason for c in trainer.callbacks if isinstance(c, InterruptionCheckpoint) and c.reason]
+    if reasons:
+        return reasons[0]
+    if isinstance(error, KeyboardInterrupt):
+        return InterruptionCheckpoint.SIGINT_REASON
+    if isinstance(error, SIGTERMException):
+        return InterruptionCheckpoint.SIGTERM_REASON
+    return None
+
+
+def record_interruption(record: RunRecord | None, logger: MLFlowLogger | None, reason: str | None, error) -> None:
+    """Pre-emption or Ctrl-C ends the run KILLED with its reason; a crash ends it FAILED with a summary.
+
+    Only ever this stage's own run: one that is FINISHED is never resumed in place, so never reaches here.
+    """
+    status = "KILLED" if reason else "FAILED"
+    if record is not None:
+        record.update(status=status)
     if logger is None:
         return
-    reasons = [c.reason for c in trainer.callbacks if isinstance(c, InterruptionCheckpoint) and c.reason]
     client, run_id = logger.experiment, logger.run_id
-    if reasons:
-        client.set_tag(run_id, "killed.reason", reasons[0])
-        client.set_terminated(run_id, "KILLED")
+    if reason:
+        client.set_tag(run_id, "killed.reason", reason)
     else:
         client.set_tag(run_id, "failure", f"{type(error).__name__}: {error}"[:5000])
-        client.set_terminated(run_id, "FAILED")
+    client.set_terminated(run_id, status)
+
+
+def stopped(error: BaseException, reason: str | None, output_dir: Path) -> BaseException:
+    """What the CLI raises for a stopped run: 128 + the signal's number after a signal, a named full disk."""
+    if reason:
+        signum = signal.SIGINT if reason == InterruptionCheckpoint.SIGINT_REASON else signal.SIGTERM
+        return SystemExit(128 + signum)  # Lightning's own exits (1, or a SystemExit without a code) would hide it
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        folder = Path(error.filename2 or error.filename or output_dir).parent
+        return WorkbenchError(
+            f"The disk holding {folder} is full, so the run stopped (MLflow status FAILED). Free space there "
+            "or point paths.log_dir at a larger disk, then resume with ckpt_path=last."
+        )
+    return error
+
+
+def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, resume: ResumePoint | None):
+    """Fit (from the resume point, if any), then test the best checkpoint; the metrics of both."""
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started
+    if interruption_reason(trainer, None):
+        raise KeyboardInterrupt  # a Ctrl-C after the last training step (in the last validation): stop, untested
+    if cfg.test:
+        trainer.test(model, datamodule=datamodule, ckpt_path="best")
+        metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+        metrics |= datamodule.baseline_metrics("test")
+    return metrics | datamodule.data_metrics()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     resume = find_resume_point(cfg)
+    # The run folder holds the checkpoints, the config and the run record: the interrupted run's when
+    # resuming it in place, so its best score and paths carry over; else this run's output folder.
+    run_dir = resume.run_dir if resume and resume.run_dir else output_dir
     logger = build_logger(cfg, resume)
-
-    datamodule = instantiate(cfg.data)
-    try:
-        datamodule.prepare_data()
-    except IngestRefused as refusal:
-        record_refusal(logger, refusal)
-        raise
-    model = instantiate(cfg.model)
-    if resume is not None and cfg.callbacks.get("model_checkpoint"):
-        # Keep checkpointing where the interrupted run did, so its best score and paths carry over.
-        with open_dict(cfg):
-            cfg.callbacks.model_checkpoint.dirpath = str(resume.checkpoint.parent)
+    with open_dict(cfg):
+        if cfg.callbacks.get("model_checkpoint"):
+            cfg.callbacks.model_checkpoint.dirpath = str(run_dir / "checkpoints")
+        if cfg.callbacks.get("heartbeat"):
+            cfg.callbacks.heartbeat.run_dir = str(run_dir)
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger or False)
     # Every DDP rank trains and syncs its metrics, but only global rank zero records the run, as Lightning's logger.
     tracker = logger if trainer.is_global_zero else None
+    record = RunRecord(run_dir) if trainer.is_global_zero else None
 
-    if tracker is not None:
-        (output_dir / RUN_RECORD).write_text(
-            json.dumps({"run_id": logger.run_id, "tracking_uri": default_tracking_uri()})
-        )
-        if resume is None:
-            record_origin(logger, cfg, datamodule, output_dir)
+    if record is not None:
+        run_id = logger.run_id if logger else None
+        uri = default_tracking_uri() if logger else None
+        record.update(run_id=run_id, tracking_uri=uri, status="RUNNING", heartbeat=time.time())
+        if run_dir != output_dir:  # this invocation's folder says which run it continued
+            RunRecord(output_dir).update(run_id=run_id, resumed_run_dir=str(run_dir))
+        if resume is None or resume.run is None or resume.config_changes:
+            write_config(cfg, run_dir)
 
-    started = time.perf_counter()
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
-    except BaseException as error:
-        record_interruption(trainer, tracker, error)
-        if isinstance(error, SIGTERMException):  # a SystemExit without a code would exit 0
-            raise SystemExit(128 + signal.SIGTERM) from error
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            folder = Path(error.filename2 or error.filename or output_dir).parent
-            raise WorkbenchError(
-                f"The disk holding {folder} is full, so the run stopped (MLflow status FAILED). Free space there "
-                "or point paths.log_dir at a larger disk, then resume with ckpt_path=last."
-            ) from error
+        datamodule.prepare_data()
+        if tracker is not None and (resume is None or resume.run is None):
+            record_origin(logger, cfg, datamodule, run_dir)
+        elif tracker is not None and resume.config_changes:
+            tracker.experiment.log_artifact(logger.run_id, str(run_dir / RUN_CONFIG), "config")
+        metrics = fit_and_test(cfg, trainer, model, datamodule, resume)
+    except IngestRefused as refusal:
+        record_refusal(tracker, refusal)
+        if record is not None:
+            record.update(status="FAILED")
         raise
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started
-    if cfg.test:
-        trainer.test(model, datamodule=datamodule, ckpt_path="best")
-        metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
-        metrics |= datamodule.baseline_metrics("test")
-    metrics |= datamodule.data_metrics()
+    except BaseException as error:
+        reason = interruption_reason(trainer, error)
+        record_interruption(record, tracker, reason, error)
+        replacement = stopped(error, reason, output_dir)
+        if replacement is error:
+            raise
+        raise replacement from error
 
     best = trainer.checkpoint_callback.best_model_path
     if tracker is not None:
@@ -190,6 +275,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
         logger.experiment.set_terminated(logger.run_id, "FINISHED")
+    if record is not None:
+        record.update(status="FINISHED")
     show_metrics(
         metrics,
         title=f"{cfg.task_name}: results",

@@ -142,15 +142,29 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
         server.stop()
 
 
-class KillAtStep(L.Callback):
-    """SIGKILLs its own process before a given global step: no handler runs, nothing is flushed or saved."""
+FAULT_ENV = "CHILDSAFE_FAULT"
 
-    def __init__(self, step: int):
-        self.step = step
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+class Fault(L.Callback):
+    """Injects the fault that `$CHILDSAFE_FAULT` names, `<what>@<global step>`, in the middle of that step.
+
+    It strikes after the backward pass, before the optimizer updates the weights. `<what>` is SIGINT,
+    SIGTERM or SIGKILL sent to this process, the same with `-group` sent to its whole process group
+    (as a terminal's Ctrl-C is), or `crash` (an exception). Read from the environment rather than the
+    config, so that the interrupted run and its resume have the same config.
+    """
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        what, _, step = os.environ.get(FAULT_ENV, "none@-1").partition("@")
+        if trainer.global_step != int(step):
+            return
+        if what == "crash":
+            raise RuntimeError(f"simulated crash in the middle of step {step}")
+        name, _, scope = what.partition("-")
+        if scope == "group":
+            os.killpg(os.getpgid(0), getattr(signal, name))
+        else:
+            os.kill(os.getpid(), getattr(signal, name))
 
 
 class KillMidSave(L.Callback):

@@ -1,20 +1,184 @@
-"""Find a trained model from an MLflow run id or a checkpoint path, with the config it was trained with."""
+"""Find a trained model from an MLflow run id or a checkpoint path, with the config it was trained with;
+and tell an interrupted train run (the only kind `ckpt_path=last` resumes) from a finished or a live one."""
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import default_tracking_uri
+from tracking.mlflow_run import default_tracking_uri, flatten
 
 RUN_RECORD = "mlflow_run.json"
-CONFIG_ARTIFACT = "config/config_resolved.yaml"
+RUN_CONFIG = "config_resolved.yaml"
+CONFIG_ARTIFACT = f"config/{RUN_CONFIG}"
+HEARTBEAT_TAG = "heartbeat"
+INTERRUPTED = ("KILLED", "FAILED")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """`<run folder>/mlflow_run.json`: the MLflow run a train run folder is, its status and its last heartbeat.
+
+    Kept on the local disk beside the checkpoints, and updated with the MLflow run, so a run's state
+    can be read with logger=none and while a tracking server is away (its writes then only spooled).
+    """
+
+    folder: Path
+
+    @property
+    def path(self) -> Path:
+        return self.folder / RUN_RECORD
+
+    def read(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def update(self, **fields: Any) -> None:
+        """Merge `fields` in; written to a temporary file and renamed, so a kill never leaves half a record."""
+        staging = self.path.with_name(f".{RUN_RECORD}.partial")
+        staging.write_text(json.dumps(self.read() | fields))
+        os.replace(staging, self.path)
+
+
+class Heartbeat(L.Callback):
+    """Stamps the run record and the MLflow run (tag `heartbeat`, Unix seconds) at most every `interval_s`.
+
+    A SIGKILL or a power cut leaves the MLflow run RUNNING for ever; a heartbeat older than
+    `resume.stale_after_s` is how `ckpt_path=last` tells such a run from one still training.
+    """
+
+    def __init__(self, run_dir: str, interval_s: float = 30.0):
+        self.record, self.interval_s = RunRecord(Path(run_dir)), interval_s
+        self._last = float("-inf")
+
+    def beat(self, trainer: L.Trainer, force: bool = False) -> None:
+        now = time.time()
+        if not trainer.is_global_zero or (not force and now - self._last < self.interval_s):
+            return
+        self._last = now
+        self.record.update(heartbeat=now)
+        logger = trainer.logger
+        if logger is not None and hasattr(logger, "run_id") and hasattr(logger.experiment, "set_tag"):
+            logger.experiment.set_tag(logger.run_id, HEARTBEAT_TAG, f"{now:.0f}")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.beat(trainer, force=True)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.beat(trainer, force=True)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.beat(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.beat(trainer)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.beat(trainer)
+
+
+@dataclass(frozen=True)
+class TrainRunState:
+    """What the run record and MLflow together say about one train run folder that holds a `last.ckpt`."""
+
+    folder: Path
+    run_id: str | None
+    tracking_uri: str | None
+    status: str  # FINISHED, KILLED, FAILED, RUNNING, or UNKNOWN (no status recorded anywhere)
+    heartbeat_age_s: float
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.folder / "checkpoints" / "last.ckpt"
+
+    def interrupted(self, stale_after_s: float) -> bool:
+        """KILLED or FAILED, or RUNNING with no sign of life for `stale_after_s`; never FINISHED."""
+        return self.status in INTERRUPTED or (self.status == "RUNNING" and self.heartbeat_age_s > stale_after_s)
+
+    def describe(self) -> str:
+        run = f"MLflow run {self.run_id}" if self.run_id else "untracked"
+        alive = f", heartbeat {self.heartbeat_age_s:.0f} s ago" if self.status == "RUNNING" else ""
+        return f"{self.folder.name} ({run}): {self.status}{alive}"
+
+
+def train_run_state(folder: Path, now: float | None = None) -> TrainRunState:
+    """A finished status in either the record or MLflow wins; otherwise MLflow's status, else the record's.
+
+    The heartbeat is the newest of the record's, the MLflow tag's and `last.ckpt`'s modification
+    time (runs written before heartbeats existed have only the last).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    record = RunRecord(folder).read()
+    run_id, uri = record.get("run_id"), record.get("tracking_uri")
+    statuses = [record.get("status")]
+    beats = [record.get("heartbeat"), (folder / "checkpoints" / "last.ckpt").stat().st_mtime]
+    if run_id:
+        try:
+            run = MlflowClient(uri or default_tracking_uri()).get_run(run_id)
+        except MlflowException:
+            run = None  # the run was deleted from the store: the local record is all there is
+        if run is not None:
+            statuses.insert(0, run.info.status)
+            beats.append(float(run.data.tags.get(HEARTBEAT_TAG, 0)))
+    known = [status for status in statuses if status]
+    status = "FINISHED" if "FINISHED" in known else (known[0] if known else "UNKNOWN")
+    age = (now or time.time()) - max(float(beat) for beat in beats if beat is not None)
+    return TrainRunState(folder, run_id, uri, status, age)
+
+
+def newest_interrupted_run(runs_dir: Path, task: str, stale_after_s: float) -> TrainRunState:
+    """The run folder of `task` with the newest `last.ckpt` whose run was interrupted; a named error if none."""
+    checkpoints = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    states = [train_run_state(checkpoint.parent.parent) for checkpoint in checkpoints]
+    for state in states:
+        if state.interrupted(stale_after_s):
+            return state
+    found = "; ".join(state.describe() for state in states[:5]) or "no run folder holds checkpoints/last.ckpt"
+    live = any(state.status == "RUNNING" for state in states)
+    raise WorkbenchError(
+        f"ckpt_path=last: there is no interrupted run of task '{task}' to resume under {runs_dir} ({found}). "
+        "Only a run that ended KILLED or FAILED, or is RUNNING with no heartbeat for "
+        f"resume.stale_after_s={stale_after_s:g} s, is resumed; a finished run is never touched. "
+        + (
+            "A RUNNING run may still be training; if it was killed, wait until its heartbeat is older than that "
+            "or lower resume.stale_after_s. "
+            if live
+            else ""
+        )
+        + "Start a fresh run (leave ckpt_path unset), or continue from a checkpoint in a new MLflow run with "
+        "ckpt_path=<path to a .ckpt>."
+    )
+
+
+ABSENT = "<absent>"
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], unchecked: Sequence[str]) -> dict[str, tuple]:
+    """Flattened keys whose value differs between two resolved configs, except those under `unchecked`
+    (where files go, how the run is shown and tracked: nothing that changes what is computed)."""
+    before, after = flatten(saved), flatten(current)
+
+    def checked(key: str) -> bool:
+        return not any(key == prefix or key.startswith(f"{prefix}.") for prefix in unchecked)
+
+    keys = sorted(key for key in before.keys() | after.keys() if checked(key))
+    return {
+        key: (before.get(key, ABSENT), after.get(key, ABSENT))
+        for key in keys
+        if before.get(key, ABSENT) != after.get(key, ABSENT)
+    }
 
 
 @dataclass(frozen=True)
@@ -47,7 +211,7 @@ def _from_checkpoint(checkpoint: Path) -> TrainedRun:
     if not checkpoint.is_file():
         raise WorkbenchError(f"checkpoint={checkpoint} does not exist. Give a .ckpt written by `childsafe train`.")
     run_dir = checkpoint.parent.parent
-    config = run_dir / "config_resolved.yaml"
+    config = run_dir / RUN_CONFIG
     if not config.exists():
         raise WorkbenchError(
             f"checkpoint={checkpoint}: no config_resolved.yaml in its run folder {run_dir}, so the data and model "

@@ -12,7 +12,7 @@ import torch
 from helpers import REPO, cli_train
 from mlflow import MlflowClient
 
-from scripts.train import RUN_RECORD
+from tracking.runs import RUN_RECORD
 
 WORLD_SIZE, BATCH_SIZE, BATCHES = 2, 32, 4
 
