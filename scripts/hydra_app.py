@@ -104,10 +104,10 @@ def _explain_override_error(error: Exception, base: DictConfig) -> str:
         return text
     if has_key(base, key):  # the key exists, so its value is what failed; Hydra's cause says how
         return f"Cannot set '{key}': {str(error.__cause__ or text).splitlines()[0]}."
-    return _unknown_key_message(key, base)
+    return unknown_key_message(key, base)
 
 
-def _unknown_key_message(key: str, base: DictConfig) -> str:
+def unknown_key_message(key: str, base: DictConfig) -> str:
     """Name the first part of `key` that does not exist, with its closest valid sibling (never `key` itself)."""
     parts, parent = key.split("."), OmegaConf.to_container(base, resolve=False)
     depth = 0
@@ -143,7 +143,7 @@ def _check_swept_keys(base: DictConfig, overrides: list[str]) -> None:
         if not override.is_sweep_override() or override.is_add() or _is_group(key) or key.startswith("hydra."):
             continue
         if not has_key(base, key):
-            raise WorkbenchError(_unknown_key_message(key, base))
+            raise WorkbenchError(unknown_key_message(key, base))
 
 
 def _check_types(base: DictConfig, overrides: list[str]) -> None:
@@ -262,7 +262,7 @@ def _rewrite(argument: str, base: DictConfig, overrides: list[str]) -> list[str]
             replace = (
                 "" if "_target_" in default else f" To replace the whole mapping on purpose: ~{key} '+{argument}'."
             )
-            raise WorkbenchError(_unknown_key_message(f"{key}.{new_key}", base) + replace)
+            raise WorkbenchError(unknown_key_message(f"{key}.{new_key}", base) + replace)
     return [f"~{key}", f"+{argument}"] if new_keys else [argument]
 
 

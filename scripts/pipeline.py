@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scripts.hydra_app import compose_base, console, has_key, prepare, run_stage
+from scripts.hydra_app import compose_base, console, has_key, prepare, run_stage, unknown_key_message
 from scripts.stage_help import CONFIG_DIR, config_groups
 from tracking.errors import PromotionRefused, WorkbenchError
 
@@ -97,7 +97,11 @@ def route(cfg: DictConfig, direct: list[str]) -> dict[str, list[str]]:
     for override in direct:
         if override not in group_overrides:
             key = _override_key(override)
-            _send(override, [s for s in cfg.stages if has_key(bases[s], key)], routed, "config key")
+            owners = [s for s in cfg.stages if has_key(bases[s], key)]
+            near = [s for s in cfg.stages if has_key(bases[s], key.split(".", 1)[0])]
+            if not owners and len(near) == 1:  # a typo in the one stage with that section: name the key meant
+                raise WorkbenchError(f"pipeline, {near[0]} stage: {unknown_key_message(key, bases[near[0]])}")
+            _send(override, owners, routed, "config key")
     return routed
 
 
