@@ -1,9 +1,16 @@
 """Ingest a licensed dataset: adapter rows -> checked, screened, split manifest + uint8 cache + quarantine report.
 
 The cache folder (`<name>-<key>`, keyed by the adapter's rows, the files' sizes and times, the
-transform, the checks and the hash lists) holds `images.npy`, `manifest.parquet`, `quarantine.csv`
-and `quarantine_summary.json`. It is built in a staging folder and renamed into place. A refused
-ingest (hash-list match, too many bad files) leaves only its report, under `refused/`.
+crop and resize, the checks, the hash lists and INGEST_FORMAT_VERSION) holds `images.npy`,
+`manifest.parquet`, `quarantine.csv` and `quarantine_summary.json`. It is built in a staging
+folder and renamed into place. A refused ingest (hash-list match, too many bad files) leaves only
+its report, under `refused/`.
+
+Pixels: decoded by `datamodules.decoding` (upright, opaque 8-bit RGB), cut by the shared
+`childsafe_runtime.crop.crop_face` when the row has a box, then resized by `models.resize.resize_uint8`,
+the same antialiased resize the exported graph applies, so a cached image is bit for bit what the
+graph makes of the same crop. Without a box the whole image is resized (to a square, whatever its
+aspect ratio; `square` applies to boxes only).
 """
 
 from __future__ import annotations
@@ -16,26 +23,33 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from childsafe_runtime.crop import CropConvention
 from rich.progress import Progress
 
 from datamodules.cache import CachedDataset, staged
 from datamodules.cards import DatasetCard
 from datamodules.integrity import (
-    exact_duplicates,
+    Cropping,
+    identical_images,
     inspect_chunk,
     label_problems,
     near_duplicates_across_splits,
+    resolve_inside,
+    start_worker,
 )
-from datamodules.licensed.base import FILTER_REASONS
+from datamodules.licensed.base import FILTER_REASONS, candidates, image_files
 from datamodules.manifest import manifest_digest
 from datamodules.screening import MATCH_DISTANCE, HashList
-from datamodules.splits import assign_splits, reuse_persisted
-from datamodules.transforms import CropConvention
+from datamodules.splits import assign_splits, label_strata, reuse_persisted
 from tracking.errors import WorkbenchError
 
-INGEST_FORMAT_VERSION = 1
+# 2: the shared crop (floor(v + 0.5) rounding) and antialiased resize, EXIF orientation, alpha on black,
+# unlisted files; caches built by version 1 are rebuilt.
+INGEST_FORMAT_VERSION = 2
 CHUNK = 64
-REPORT_COLUMNS = ["id", "path", "reason", "kind", "detail", "sha256", "pdq"]
+REPORT_COLUMNS = ["id", "path", "reason", "kind", "detail", "label_raw", "source", "sha256", "pdq", "normalised"]
+REPORT_ONLY = ["reason", "detail", "label_raw", "source"]  # quarantine-report columns left out of the manifest
+UNLISTED = "unlisted_file"
 
 
 class IngestRefused(WorkbenchError):
@@ -59,6 +73,7 @@ class IngestSettings:
     split_seed: int = 0
     holdout_subject: str | None = None
     crop: CropConvention = field(default_factory=CropConvention)
+    image_size: int = 64
     max_images: int | None = None
 
 
@@ -83,12 +98,11 @@ def _inspect_all(
     hash_list = HashList.load(settings.hash_lists)
     starts = range(0, len(rows), CHUNK)
     found: list[dict] = []
-    with Progress() as progress, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with Progress() as progress, ProcessPoolExecutor(max(1, workers), initializer=start_worker) as pool:
         task = progress.add_task(f"Ingesting {name} (decode, hash, screen)", total=len(rows))
+        cropping = Cropping(settings.crop, settings.image_size)
         futures = [
-            pool.submit(
-                inspect_chunk, root, rows.iloc[s : s + CHUNK], settings.crop, settings.min_image_size, hash_list
-            )
+            pool.submit(inspect_chunk, root, rows.iloc[s : s + CHUNK], cropping, settings.min_image_size, hash_list)
             for s in starts
         ]
         for start, future in zip(starts, futures, strict=True):
@@ -100,42 +114,102 @@ def _inspect_all(
     return pd.DataFrame(found)
 
 
-def _check(
-    rows: pd.DataFrame, found: pd.DataFrame, settings: IngestSettings, splits_file: Path
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Give every row its first failing reason, split the clean ones, then catch leakage across splits.
+def with_unlisted(rows: pd.DataFrame, root: Path, adapter, card_path: str) -> pd.DataFrame:
+    """The adapter's rows plus an `unlisted_file` row for every file on disk that none of them names.
+
+    Such a file is not trained on, but it is decoded and hash-screened like any other (a hash-list
+    match still refuses the run) and reported, so nothing in the dataset folder goes unseen. The
+    adapter's own label files and the dataset card are not images and are left out.
+    """
+    listed = {resolve_inside(root, p) for p in rows["path"]}
+    skip = {(root / name).resolve() for name in adapter.label_files()} | {Path(card_path).resolve()}
+    extra = [p.relative_to(root).as_posix() for p in image_files(root) if p.resolve() not in listed | skip]
+    if not extra:
+        return rows
+    detail = "no label table or file name lists this file: it was screened and is reported, but not trained on"
+    unlisted = candidates([{"id": p, "path": p, "reason": UNLISTED, "detail": detail} for p in extra])
+    return pd.concat([rows, unlisted], ignore_index=True).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+def subsample(rows: pd.DataFrame, limit: int | None, task: str, seed: int) -> pd.DataFrame:
+    """At most `limit` rows (debug=smoke), the same share of every label stratum and each stratum at least once.
+
+    Strata are the classes (content) or age bands (age); rows without a label form one more. Taking
+    the first files instead could leave whole classes out (an ImageFolder's folders come in order).
+    """
+    if limit is None or len(rows) <= limit:
+        return rows
+    stratum = label_strata(rows["label_name" if task == "content" else "age"], task)
+    order = np.random.default_rng([seed, 13]).permutation(len(rows))
+    shuffled = pd.Series(stratum[order])
+    share = shuffled.groupby(shuffled).cumcount() / shuffled.map(shuffled.value_counts())
+    chosen = order[np.argsort(share.to_numpy(), kind="stable")[:limit]]
+    return rows.iloc[np.sort(chosen)].reset_index(drop=True)
+
+
+def _merge_reasons(rows: pd.DataFrame, found: pd.DataFrame, settings: IngestSettings) -> pd.DataFrame:
+    """Every row's first failing reason: adapter's, then the file's, then the label's, then identical copies.
 
     A hash-list match outranks every other reason: it must be reported as such whatever else is wrong.
     """
-    rows = rows.assign(**{c: found[c] for c in ("sha256", "pdq", "pdq_quality", "width", "height")})
+    rows = rows.assign(**{c: found[c] for c in ("sha256", "pdq", "pdq_quality", "width", "height", "normalised")})
     label_reason, label_detail = label_problems(rows, settings.task, settings.age_range, settings.classes)
     screened = found["reason"] == "hash_list_match"
     rows["reason"] = found["reason"].where(screened, rows["reason"].fillna(found["reason"]).fillna(label_reason))
     rows["detail"] = found["detail"].where(screened, rows["detail"].fillna(found["detail"]).fillna(label_detail))
-    duplicate = rows["reason"].isna() & exact_duplicates(rows["sha256"].where(rows["reason"].isna()))
-    rows.loc[duplicate, ["reason", "detail"]] = ["duplicate_sha256", "same bytes as an earlier file (path order)"]
+    clean = rows["reason"].isna()
+    copy_reason, copy_detail = identical_images(rows[clean], "label_name" if settings.task == "content" else "age")
+    rows.loc[clean, "reason"], rows.loc[clean, "detail"] = copy_reason, copy_detail
+    return rows
 
+
+def _require_every_class(kept: pd.DataFrame, rows: pd.DataFrame, classes: list[str]) -> None:
+    absent = [c for c in classes if c not in set(kept["label_name"])]
+    if absent:
+        raise WorkbenchError(
+            f"No usable image of class {', '.join(map(repr, absent))} is left after ingest ({len(kept)} of "
+            f"{len(rows)} files kept): a model cannot learn a class it never sees. Add images of that class, or "
+            "check data.adapter.folder_classes or the table's label column."
+        )
+
+
+def _check(
+    rows: pd.DataFrame, found: pd.DataFrame, settings: IngestSettings, splits_file: Path
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Give every row its first failing reason, split the clean ones, then catch leakage across splits."""
+    rows = _merge_reasons(rows, found, settings)
     kept = rows[rows["reason"].isna()].copy()
     if settings.task == "content":
+        _require_every_class(kept, rows, settings.classes)
         kept["label"] = kept["label_name"].map({c: k for k, c in enumerate(settings.classes)}).astype("int64")
     split = assign_splits(kept, settings.task, settings.split_fractions, settings.split_seed, settings.holdout_subject)
     kept["split"] = reuse_persisted(kept, split, splits_file)
-    leak = near_duplicates_across_splits(kept["pdq"], kept["split"], settings.near_duplicate_distance)
-    rows.loc[leak[leak].index, ["reason", "detail"]] = ["near_duplicate_across_splits", "PDQ match in an earlier split"]
-    return kept[~leak], rows
+    near = near_duplicates_across_splits(kept["pdq"], kept["split"], settings.near_duplicate_distance)
+    for index, earlier, distance in near.loc[near["leak"], ["earlier", "distance"]].itertuples():
+        rows.loc[index, ["reason", "detail"]] = [
+            "near_duplicate_across_splits",
+            f"PDQ within {distance} bits of '{kept['path'].iloc[earlier]}' ({kept['split'].iloc[earlier]}), an "
+            f"earlier split than this copy's {kept.loc[index, 'split']}: the later copy is the leak",
+        ]
+    return kept[~near["leak"]], rows
+
+
+def _kind(reason: pd.Series) -> np.ndarray:
+    """`filtered` (the dataset's own policy), `unlisted` (not part of the labelled data) or `quarantined`."""
+    return np.where(reason.isin(FILTER_REASONS), "filtered", np.where(reason == UNLISTED, "unlisted", "quarantined"))
 
 
 def _report(rows: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    bad = rows[rows["reason"].notna()].assign(
-        kind=lambda f: np.where(f["reason"].isin(FILTER_REASONS), "filtered", "quarantined")
-    )
-    quarantined = int((bad["kind"] == "quarantined").sum())
+    """The quarantine rows and summary; only `quarantined` rows count against data.max_bad_fraction."""
+    bad = rows[rows["reason"].notna()].assign(kind=lambda f: _kind(f["reason"]))
+    quarantined, unlisted = int((bad["kind"] == "quarantined").sum()), int((bad["kind"] == "unlisted").sum())
     summary = {
-        "files": len(rows),
+        "files": len(rows) - unlisted,  # the files the dataset's tables or names list
         "accepted": int(rows["reason"].isna().sum()),
         "quarantined": quarantined,
         "filtered": int((bad["kind"] == "filtered").sum()),
-        "quarantined_fraction": quarantined / max(1, len(rows)),
+        "unlisted": unlisted,
+        "quarantined_fraction": quarantined / max(1, len(rows) - unlisted),
         "hash_list_matches": int((bad["reason"] == "hash_list_match").sum()),
         "by_reason": {str(k): int(v) for k, v in bad["reason"].value_counts().sort_index().items()},
     }
@@ -176,8 +250,9 @@ def ingest(
     if not root.is_dir():
         raise WorkbenchError(f"data.root={root} is not a folder. Point it at the top folder of the {name} dataset.")
     rows = adapter.read(root)
-    if settings.max_images is not None:
-        rows = rows.head(settings.max_images).reset_index(drop=True)
+    if not rows.empty:
+        rows = with_unlisted(rows, root, adapter, card.path)
+    rows = subsample(rows, settings.max_images, settings.task, settings.split_seed)
     if rows.empty:
         raise WorkbenchError(f"No images found under data.root={root} for the {name} adapter.")
     key = ingest_key(rows, root, settings, card.licence)
@@ -186,7 +261,7 @@ def ingest(
         return CachedDataset.load(directory)
 
     with staged(directory) as staging:
-        size = settings.crop.size
+        size = settings.image_size
         pixels = np.lib.format.open_memmap(
             staging / "all.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
         )
@@ -195,7 +270,7 @@ def ingest(
         report, summary = _report(rows)
         _refuse_if_unsafe(summary, settings, Path(cache_root) / "refused" / f"{name}-{key}", report)
         manifest = kept.assign(subject_id=kept["subject_id"].fillna(kept["id"]), licence=card.licence)
-        manifest = manifest.drop(columns=["reason", "detail"]).reset_index(drop=True)
+        manifest = manifest.drop(columns=REPORT_ONLY).reset_index(drop=True)
         images = np.lib.format.open_memmap(
             staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(kept), size, size, 3)
         )

@@ -20,8 +20,16 @@ AGE_BANDS = (13, 16, 18, 25, 35, 50, 65)  # the gates and the decades around the
 MAX_FOLDS = 20
 
 
+def label_strata(labels: pd.Series, task: str) -> np.ndarray:
+    """The stratum of each label: its age band (AGE_BANDS) or its class; -1 for a missing label."""
+    if task == "age":
+        ages = pd.to_numeric(labels, errors="coerce").to_numpy(dtype=float)
+        return np.where(np.isnan(ages), -1, np.digitize(ages, AGE_BANDS))
+    return pd.factorize(labels, sort=True)[0]
+
+
 def strata(manifest: pd.DataFrame, task: str) -> np.ndarray:
-    return np.digitize(manifest["age"], AGE_BANDS) if task == "age" else manifest["label"].to_numpy()
+    return label_strata(manifest["age"] if task == "age" else manifest["label"], task)
 
 
 def groups(manifest: pd.DataFrame) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from datamodules.licensed.base import candidates, read_table, require_columns
+from datamodules.licensed.base import candidates, read_table, require_columns, table_sources, written
 from tracking.errors import WorkbenchError
 
 # The publisher's split names, mapped to the workbench's (calib is carved from valid at ingest).
@@ -22,7 +22,11 @@ class AppaReal:
     age_label: str = "real"
     task: ClassVar[str] = "age"
 
+    def label_files(self) -> list[str]:
+        return [f"gt_avg_{own}.csv" for own in OWN_SPLITS]
+
     def read(self, root: Path) -> pd.DataFrame:
+        """One row per listed face crop; a text age ("unknown") stays as written for the quarantine report."""
         if self.age_label not in ("real", "apparent"):
             raise WorkbenchError(f"data.adapter.age_label={self.age_label!r}: choose 'real' or 'apparent'.")
         frames = []
@@ -31,14 +35,17 @@ class AppaReal:
             table = read_table(table_path)
             require_columns(table, ["file_name", "real_age", "apparent_age_avg"], table_path)
             paths = [f"{own}/{name}_face.jpg" for name in table["file_name"]]
+            label = table["real_age" if self.age_label == "real" else "apparent_age_avg"]
             frames.append(
                 pd.DataFrame(
                     {
                         "id": paths,
                         "path": paths,
-                        "age": pd.to_numeric(table["real_age" if self.age_label == "real" else "apparent_age_avg"]),
-                        "real_age": pd.to_numeric(table["real_age"]),
-                        "apparent_age": pd.to_numeric(table["apparent_age_avg"]),
+                        "age": pd.to_numeric(label, errors="coerce"),
+                        "label_raw": written(label),
+                        "source": table_sources(table_path, len(table)),
+                        "real_age": pd.to_numeric(table["real_age"], errors="coerce"),
+                        "apparent_age": pd.to_numeric(table["apparent_age_avg"], errors="coerce"),
                         "split": split,
                     }
                 )

@@ -2,7 +2,11 @@
 
 An adapter reads only names and label files; it never opens images. It returns one row per file
 it found, good or bad: a row the adapter cannot use carries a `reason` (and is still hash-screened
-at ingest, because every file in a dataset folder is screened, whatever its name).
+at ingest, because every file in a dataset folder is screened, whatever its name). Table adapters
+keep each label as written (`label_raw`) and where it was written (`source`, e.g.
+"gt_avg_train.csv row 7"), so the quarantine report can quote a label that does not parse.
+Files on disk that no row lists are added by ingest as `unlisted_file` rows, except the files
+`label_files` names.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ FILTER_REASONS = frozenset({"no_face", "low_face_score", "second_face"})
 def candidates(records: list[dict]) -> pd.DataFrame:
     """Rows with every column ingest expects present, in a stable order."""
     frame = pd.DataFrame.from_records(records)
-    for column in ("id", "path", "subject_id", "split", "reason", "detail", *BOX_COLUMNS):
+    for column in ("id", "path", "subject_id", "split", "reason", "detail", "label_raw", "source", *BOX_COLUMNS):
         if column not in frame:
             frame[column] = None
     return frame.sort_values("path", kind="stable").reset_index(drop=True)
@@ -44,6 +48,16 @@ def read_table(path: Path) -> pd.DataFrame:
             f"Label file {path} cannot be read as a {'Parquet' if path.suffix == '.parquet' else 'CSV'} table "
             f"({type(error).__name__}: {error}). Check it is the dataset's own file, complete and not re-encoded."
         ) from error
+
+
+def written(values: pd.Series) -> list[str | None]:
+    """Each label as text, as the table held it (None where the cell is empty)."""
+    return [None if pd.isna(v) else str(v) for v in values]
+
+
+def table_sources(path: Path, count: int) -> list[str]:
+    """Where each row of a label table is, counted from 1 after the header, for messages a person can follow."""
+    return [f"{path.name} row {i + 1}" for i in range(count)]
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from childsafe_runtime.crop import CropConvention
+
 from datamodules.cache import CachedDataset
 from datamodules.cards import DatasetCard, load_card, require_permitted
 from datamodules.datamodule import CachedDataModule
 from datamodules.ingest import IngestSettings, ingest
-from datamodules.transforms import CropConvention
 
 
 class LicensedDataModule(CachedDataModule):
@@ -56,7 +57,8 @@ class LicensedDataModule(CachedDataModule):
             split_fractions=dict(split_fractions or {"train": 0.7, "val": 0.1, "calib": 0.1, "test": 0.1}),
             split_seed=split_seed,
             holdout_subject=holdout_subject,
-            crop=CropConvention(size=image_size, **(crop or {})),
+            crop=CropConvention(**(crop or {})),
+            image_size=image_size,
             max_images=max_images,
         )
         self._card: DatasetCard | None = None
@@ -103,7 +105,14 @@ class LicensedDataModule(CachedDataModule):
         return super().data_record() | {
             "intended_use": self.intended_use,
             "card": {k: v for k, v in self.card.to_dict().items() if k != "path"},
-            "crop": {"box_margin": crop.box_margin, "square": crop.square, "size": crop.size, "resize": "bilinear"},
+            "crop": {
+                "margin": crop.margin,
+                "square": crop.square,
+                "size": self.settings.image_size,
+                "function": "childsafe_runtime.crop.crop_face",
+                "resize": "antialiased bilinear, half-pixel, rounded (models.resize.resize_uint8, as the graph)",
+                "without_box": "the whole image, resized to size x size",
+            },
         }
 
     def log_provenance(self, client, run_id: str) -> None:

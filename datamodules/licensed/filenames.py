@@ -22,6 +22,9 @@ class FilenameAdapter:
     def parse(self, fields: dict[str, str]) -> dict:
         raise NotImplementedError
 
+    def label_files(self) -> list[str]:
+        return []  # the names are the labels: every file is a row already
+
     def read(self, root: Path) -> pd.DataFrame:
         records = []
         for path in image_files(root):

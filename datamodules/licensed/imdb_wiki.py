@@ -38,6 +38,9 @@ class ImdbWiki:
     max_second_face_score: float | None = None
     task: ClassVar[str] = "age"
 
+    def label_files(self) -> list[str]:
+        return [f"{self.source}.mat"]
+
     def read(self, root: Path) -> pd.DataFrame:
         mat_path = root / f"{self.source}.mat"
         if not mat_path.is_file():

@@ -8,17 +8,27 @@ from typing import ClassVar
 
 import pandas as pd
 
-from datamodules.licensed.base import BOX_COLUMNS, candidates, image_files, read_table, require_columns
+from datamodules.licensed.base import (
+    BOX_COLUMNS,
+    candidates,
+    image_files,
+    read_table,
+    require_columns,
+    table_sources,
+    written,
+)
 from tracking.errors import WorkbenchError
 
 AGE_OPTIONAL = ("subject_id", "sex", "skin_tone", *BOX_COLUMNS)
 
 
 def table_rows(root: Path, file: str, label: str, column: str, optional: tuple[str, ...]) -> pd.DataFrame:
-    """Rows of a listed manifest: the table's `label` column becomes the workbench's `column`."""
+    """Rows of a listed manifest: the table's `label` column becomes the workbench's `column`, kept as written too."""
     table = read_table(root / file)
     require_columns(table, ["path", label], root / file)
-    rows = table[["path", *[c for c in optional if c in table]]].assign(**{column: table[label]})
+    rows = table[["path", *[c for c in optional if c in table]]].assign(
+        **{column: table[label]}, label_raw=written(table[label]), source=table_sources(root / file, len(table))
+    )
     return candidates(rows.assign(id=rows["path"]).to_dict("records"))
 
 
@@ -28,6 +38,9 @@ class AgeManifest:
 
     file: str = "manifest.csv"
     task: ClassVar[str] = "age"
+
+    def label_files(self) -> list[str]:
+        return [self.file]
 
     def read(self, root: Path) -> pd.DataFrame:
         rows = table_rows(root, self.file, "age", "age", AGE_OPTIONAL)
@@ -40,6 +53,9 @@ class ContentManifest:
 
     file: str = "manifest.csv"
     task: ClassVar[str] = "content"
+
+    def label_files(self) -> list[str]:
+        return [self.file]
 
     def read(self, root: Path) -> pd.DataFrame:
         return table_rows(root, self.file, "label", "label_name", ("subject_id",))
@@ -56,7 +72,11 @@ class ImageFolder:
     folder_classes: dict[str, str] = field(default_factory=dict)
     task: ClassVar[str] = "content"
 
+    def label_files(self) -> list[str]:
+        return []
+
     def read(self, root: Path) -> pd.DataFrame:
+        """One row per file in a mapped folder; an empty folder is an error, since its class would go unlearnt."""
         folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         unmapped = [f for f in folders if f not in self.folder_classes]
         if unmapped:
@@ -66,7 +86,13 @@ class ImageFolder:
             )
         records = []
         for folder in folders:
-            for path in image_files(root / folder):
+            files = image_files(root / folder)
+            if not files:
+                raise WorkbenchError(
+                    f"Folder {root / folder} (class {self.folder_classes[folder]!r} in data.adapter.folder_classes) "
+                    "holds no files. Add its images, or remove the empty folder so the mapping matches the data."
+                )
+            for path in files:
                 relative = path.relative_to(root).as_posix()
                 records.append({"id": relative, "path": relative, "label_name": self.folder_classes[folder]})
         return candidates(records)

@@ -130,7 +130,13 @@ def test_card_licence_and_crop_flow_into_the_export_contract_and_model_card(tmp_
         False,
     )
     assert data["card"]["permitted_uses"] == ["research"] and data["card"]["contains_minors"] is True
-    assert data["crop"] == {"box_margin": 0.4, "square": True, "size": 64, "resize": "bilinear"}
+    crop = data["crop"]
+    assert (crop["margin"], crop["square"], crop["size"], crop["function"]) == (
+        0.4,
+        True,
+        64,
+        "childsafe_runtime.crop.crop_face",
+    )
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("childsafe-age_utkface").experiment_id
     (trained,) = client.search_runs([experiment], filter_string="tags.stage = 'train'")
