@@ -32,7 +32,7 @@ BATCH = 256
 # Frame sizes (height, width) the gate checks the in-graph resize at: the three, the smallest
 # side the contract allows, the network's own size (the identity) and a portrait frame.
 PARITY_SIZES = ((97, 131), (480, 640), (720, 1280), (16, 16), (64, 64), (300, 200))
-FRAMES_PER_SIZE = 6
+FRAMES_PER_SIZE = 4
 FRAME_NOISE = 12  # +/- grey levels of deterministic sensor-like noise, so a plain (aliasing) resize shows
 
 
@@ -212,7 +212,7 @@ def frames_at(images: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.arange(height) * images.shape[1] // height
     columns = np.arange(width) * images.shape[2] // width
     enlarged = images[:, rows][:, :, columns].astype(np.int16)
-    noise = np.random.default_rng([height, width]).integers(-FRAME_NOISE, FRAME_NOISE + 1, enlarged.shape)
+    noise = np.random.default_rng([height, width]).integers(-FRAME_NOISE, FRAME_NOISE + 1, enlarged.shape, np.int16)
     return np.clip(enlarged + noise, 0, 255).astype(np.uint8)
 
 

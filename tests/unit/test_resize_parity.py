@@ -14,7 +14,7 @@ from export_cases import SIZE, content_case, data
 import export.wrapper
 from calibration.ood import OODCalibration
 from export.onnx_export import ExportError, check_antialiased_resize, export_onnx
-from export.parity import PARITY_SIZES, ParityReport, check_sizes, frames_at
+from export.parity import FRAMES_PER_SIZE, ParityReport, check_sizes, frames_at
 from scripts.export import build_wrapper
 
 REQUIRED_SIZES = {"97x131", "480x640", "720x1280"}
@@ -71,10 +71,11 @@ def test_a_graph_without_the_resize_is_caught(case, tmp_path, monkeypatch):
     monkeypatch.setattr(export.wrapper, "resize_to_network", lambda images, size: images.float())
     wrapper = build_wrapper(module, state, 0.9).eval()
     model = tmp_path / "model.onnx"
-    example = torch.zeros(len(PARITY_SIZES), SIZE, SIZE, 3, dtype=torch.uint8)
+    example = torch.zeros(FRAMES_PER_SIZE, SIZE, SIZE, 3, dtype=torch.uint8)
     names = {"input_names": ["images"], "output_names": list(wrapper.output_names)}
     torch.onnx.export(wrapper, (example,), dynamo=True, opset_version=18, **names).save(str(model))
     with pytest.raises(ExportError, match="no Resize at all"):
         check_antialiased_resize(onnx.load(str(model)), model)
     failures = _sizes_report(module, state, calib, model).failures
     assert any(f.startswith("frames of 480x640: the graph refused them") for f in failures), failures
+    assert not any(f.startswith("frames of 64x64") for f in failures)  # at its one size it still agrees
