@@ -1,7 +1,8 @@
-"""Decoding any image file into the one pixel form the workbench trusts: 8-bit RGB, upright, opaque.
+"""Decoding an image file's bytes at ingest into the pixels the runtime also decodes: 8-bit RGB, upright, opaque.
 
-The export contract (`input.decoding`) promises consumers the same normalisations, so a model
-sees at runtime what it was trained on:
+The export contract (`input.decoding`) promises consumers the same normalisations, and the pixel
+rules are the runtime's own function (`childsafe_runtime.frames`), so a model sees at runtime what
+it was trained on:
 
 - EXIF orientation is applied first (`ImageOps.exif_transpose`); every later step, the PDQ hash
   and the face box included, refers to the upright image.
@@ -12,7 +13,8 @@ sees at runtime what it was trained on:
   management). 16-bit samples keep their high byte (v >> 8), as Pillow does for 16-bit colour PNGs.
 - Float images (Pillow mode F) and modes Pillow cannot convert to RGB are refused as `unsupported_mode`.
 
-Only Pillow and numpy are used, so a runtime can share this module without the workbench.
+What ingest adds is its own reporting: the quarantine reason, the decoder's words about the file
+(never an in-memory buffer's repr), and a note of each normalisation applied (`normalised`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# The runtime's pixel rules, shared rather than restated (the name is private to the runtime today).
+from childsafe_runtime.frames import _to_rgb as to_rgb
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """The RGB pixels and what was done to reach them (`notes`, e.g. 'exif_orientation=6; alpha_on_black')."""
+    """The RGB pixels and what was done to reach them (`notes`, e.g. 'exif_orientation=6; mode=RGBA')."""
 
     rgb: np.ndarray  # uint8 (H, W, 3)
     notes: str
@@ -69,28 +72,13 @@ def _upright(image: Image.Image) -> tuple[Image.Image, list[str]]:
         raise DecodeError("undecodable", f"its EXIF orientation {orientation!r} cannot be applied ({error})") from error
 
 
-def _eight_bit_rgb(image: Image.Image) -> tuple[np.ndarray, list[str]]:
-    mode = image.mode
-    if mode in SIXTEEN_BIT_MODES:
-        grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2), [f"mode={mode}->RGB (high byte)"]
-    if mode == "F":
-        raise DecodeError("unsupported_mode", "its pixels are 32-bit floats (mode F), which have no agreed 8-bit range")
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if "A" in image.getbands() or "a" in image.getbands():
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-        over_black = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
-        return over_black.astype(np.uint8), [f"mode={mode}->RGB", "alpha_on_black"]
-    try:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except ValueError as error:
-        raise DecodeError("unsupported_mode", f"Pillow cannot convert mode {mode} to RGB ({error})") from error
-    return rgb, [] if mode == "RGB" else [f"mode={mode}->RGB"]
-
-
 def decode_image(data: bytes) -> Decoded:
     """The file's first frame as upright, opaque 8-bit RGB, or a DecodeError naming the reason."""
     image, notes = _upright(_open(data))
-    rgb, more = _eight_bit_rgb(image)
-    return Decoded(np.ascontiguousarray(rgb), "; ".join(notes + more))
+    try:
+        rgb = to_rgb(image)
+    except ValueError as error:
+        raise DecodeError("unsupported_mode", f"mode {image.mode} cannot become 8-bit RGB: {error}") from error
+    if image.mode != "RGB":
+        notes.append(f"mode={image.mode}")
+    return Decoded(np.require(rgb, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"]), "; ".join(notes))  # torch wants writable
