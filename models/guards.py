@@ -72,7 +72,7 @@ class InterruptionCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning has put its SIGTERM handler in place; a SIGINT ignored on purpose (nohup) stays ignored.
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            pass
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame) -> None:
         """Only records the request: a signal handler that wrote or raised here could tear whatever it interrupted."""
@@ -99,12 +99,12 @@ class InterruptionCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore_sigint()
-        if isinstance(exception, SIGTERMException):
-            self.reason = self.reason or self.SIGTERM_REASON
-        elif isinstance(exception, KeyboardInterrupt):
+        if isinstance(exception, KeyboardInterrupt):
             self.reason = self.SIGINT_REASON
-        else:
-            return
+            return  # raised wherever it landed: nothing consistent to save, the periodic last.ckpt stays
+        if not isinstance(exception, SIGTERMException):
+            return  # a crash: the same
+        self.reason = self.reason or self.SIGTERM_REASON
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.dirpath:
+        if trainer.training and checkpoint is not None and checkpoint.dirpath:
             trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")  # atomic: models/checkpointing.py

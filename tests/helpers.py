@@ -150,8 +150,8 @@ class Fault(L.Callback):
 
     It strikes after the backward pass, before the optimizer updates the weights. `<what>` is SIGINT,
     SIGTERM or SIGKILL sent to this process, the same with `-group` sent to its whole process group
-    (as a terminal's Ctrl-C is), or `crash` (an exception). Read from the environment rather than the
-    config, so that the interrupted run and its resume have the same config.
+    (as a terminal's Ctrl-C is) or with `-twice` sent twice in a row, or `crash` (an exception). Read
+    from the environment rather than the config, so the interrupted run and its resume share a config.
     """
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
@@ -163,7 +163,8 @@ class Fault(L.Callback):
         name, _, scope = what.partition("-")
         if scope == "group":
             os.killpg(os.getpgid(0), getattr(signal, name))
-        else:
+            return
+        for _ in range(2 if scope == "twice" else 1):
             os.kill(os.getpid(), getattr(signal, name))
 
 

@@ -81,6 +81,7 @@ def unbroken(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Pa
 OUTCOMES = {
     "SIGINT": (128 + signal.SIGINT, "KILLED", FAULT_STEP + 1),
     "SIGINT-group": (128 + signal.SIGINT, "KILLED", FAULT_STEP + 1),
+    "SIGINT-twice": (128 + signal.SIGINT, "KILLED", PERIODIC_STEP),  # the second Ctrl-C: stop at once, no save
     "SIGTERM": (128 + signal.SIGTERM, "KILLED", FAULT_STEP + 1),
     "SIGTERM-group": (128 + signal.SIGTERM, "KILLED", FAULT_STEP + 1),
     "SIGKILL": (-signal.SIGKILL, "RUNNING", PERIODIC_STEP),
@@ -108,8 +109,9 @@ def test_an_interruption_mid_step_then_resume_gives_identical_test_metrics(tmp_p
     assert (saved["global_step"], saved["epoch"]) == (saved_step, 1)
     progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
     assert progress["ready"] == progress["started"] == progress["processed"]
-    # Saved where the step ended (signals), or in on_train_batch_end just before the loop counts it completed.
-    assert progress["completed"] == progress["processed"] - (0 if status == "KILLED" else 1)
+    # Saved where the step ended (a stop asked for), or periodically, in on_train_batch_end, just before the
+    # loop counts the batch completed.
+    assert progress["completed"] == progress["processed"] - (0 if saved_step == FAULT_STEP + 1 else 1)
 
     # SIGKILL leaves the run RUNNING with a heartbeat seconds old: resuming it now needs stale_after_s=0.
     resumed = _train(tmp_path, shared_cache, "ckpt_path=last", "resume.stale_after_s=0")
