@@ -1,7 +1,12 @@
+import dataclasses
+
 import numpy as np
+import pandas as pd
 import pytest
+from childsafe_runtime.crop import CropConvention
 
 import datamodules.cache as cache
+import datamodules.ingest as ingest
 from datamodules.manifest import SPLITS, assign_subject_splits, manifest_digest
 from datamodules.synthetic.faces import SyntheticFaces
 
@@ -46,3 +51,16 @@ def test_cache_renders_once_and_is_reused(tmp_path, monkeypatch):
     assert second.directory == first.directory and second.digest == first.digest
     assert np.array_equal(np.asarray(second.images), np.asarray(first.images))
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_ingest_cache_key_follows_the_crop_and_the_format_version(tmp_path, monkeypatch):
+    """A cache built with another crop, resize size or ingest format (1: the old PIL crop) is never served."""
+    rows = pd.DataFrame({"path": ["a.jpg"], "age": [30.0]})
+    settings = ingest.IngestSettings(task="age")
+    key = ingest.ingest_key(rows, tmp_path, settings, "CC0-1.0")
+    assert ingest.ingest_key(rows, tmp_path, settings, "CC0-1.0") == key
+    assert ingest.ingest_key(rows, tmp_path, dataclasses.replace(settings, image_size=96), "CC0-1.0") != key
+    margin = dataclasses.replace(settings, crop=CropConvention(margin=0.3))
+    assert ingest.ingest_key(rows, tmp_path, margin, "CC0-1.0") != key
+    monkeypatch.setattr(ingest, "INGEST_FORMAT_VERSION", 1)
+    assert ingest.ingest_key(rows, tmp_path, settings, "CC0-1.0") != key
