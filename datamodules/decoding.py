@@ -56,7 +56,7 @@ def _open(data: bytes) -> Image.Image:
             "undecodable",
             f"Pillow recognises no image format in these {len(data)} bytes (they start with {data[:12]!r})",
         ) from error
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         text = f"{type(error).__name__}: {error}"
         cut = "truncated" in text.lower() or "broken data stream" in text.lower()
         raise DecodeError("truncated" if cut else "undecodable", f"the decoder stopped with {text}") from error

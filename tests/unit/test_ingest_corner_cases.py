@@ -22,6 +22,7 @@ from childsafe_runtime.crop import CropConvention, crop_face
 from PIL import Image
 from test_licensed_data import module, quarantine
 
+from datamodules.decoding import DecodeError, decode_image
 from datamodules.ingest import subsample
 from datamodules.licensed.appa_real import AppaReal
 from datamodules.licensed.tables import AgeManifest, ContentManifest, ImageFolder
@@ -306,3 +307,10 @@ def test_an_empty_class_folder_is_a_named_error(messy_folder, tmp_path):
 def test_a_class_with_no_usable_image_is_a_named_error(messy_folder, tmp_path):
     with pytest.raises(WorkbenchError, match=r"No usable image of class 'suggestive' is left after ingest"):
         module(ContentManifest(), messy_folder / "content" / "one_missing", tmp_path).load()
+
+
+def test_a_decompression_bomb_is_an_undecodable_file_not_a_crash(monkeypatch, messy_folder):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # so a 96 x 96 file is "too many pixels" to Pillow
+    with pytest.raises(DecodeError, match=r"DecompressionBombError: Image size \(9216 pixels\)") as caught:
+        decode_image((messy_folder / "ages" / "good/00.jpg").read_bytes())
+    assert caught.value.reason == "undecodable"
