@@ -145,8 +145,14 @@ def start_worker() -> None:
 def inspect_chunk(
     root: Path, rows: pd.DataFrame, cropping: Cropping, min_size: int, hash_list: HashList
 ) -> list[Inspection]:
-    """A worker's share of the files (run in a process pool)."""
-    boxes = rows[list(BOX_COLUMNS)].to_numpy(dtype=float)
+    """A worker's share of the files (run in a process pool).
+
+    A box cell that holds text is made infinite, so that its row is a `bad_box` rather than a crash
+    or, were it NaN like an empty cell, silently no box at all.
+    """
+    cells = rows[list(BOX_COLUMNS)]
+    numbers = cells.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    boxes = np.where(np.isnan(numbers) & cells.notna().to_numpy(), np.inf, numbers)
     return [
         inspect_file(root, path, tuple(box), cropping, min_size, hash_list)
         for path, box in zip(rows["path"], boxes, strict=True)

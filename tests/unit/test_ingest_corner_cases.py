@@ -103,6 +103,8 @@ def age_tree(root: Path) -> Path:
     rows.append({"path": "broken/upper.jpg", "age": 30})
     fixtures.write_image(broken / "inverted_box.jpg", seed=1103)
     rows.append({"path": "broken/inverted_box.jpg", "age": 30, "box_x0": 50, "box_y0": 10, "box_x1": 20, "box_y1": 60})
+    fixtures.write_image(broken / "text_box.jpg", seed=1105)
+    rows.append({"path": "broken/text_box.jpg", "age": 30, "box_x0": "left", "box_y0": 1, "box_x1": 9, "box_y1": 9})
     fixtures.write_image(root / "stray/forgotten.jpg", seed=1104)  # on disk, in no row
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return root
@@ -265,6 +267,8 @@ def test_a_bad_box_is_quarantined_with_the_rule_it_breaks(ages):
     _, report, _ = ages
     row = report.loc["broken/inverted_box.jpg"]
     assert row["reason"] == "bad_box" and "is inverted or empty" in row["detail"]
+    row = report.loc["broken/text_box.jpg"]  # a word in a box cell: not "no box", and not a crash
+    assert row["reason"] == "bad_box" and "has a non-finite coordinate" in row["detail"]
 
 
 def test_appa_real_text_age_names_the_file_and_row_and_its_originals_are_screened(messy_folder, tmp_path):
