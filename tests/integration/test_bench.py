@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from conftest import compose_stage
 from mlflow import MlflowClient
+from stage_configs import compose_stage
 
 import scripts.bench
 from scripts.bench import (

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import compose_stage
 from scipy.stats import binom
+from stage_configs import compose_stage
 
 from scripts.calibrate import calibrate
 from scripts.evaluate import evaluate

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import licensed_fixtures as fixtures
 import pytest
-from conftest import compose_stage
 from helpers import cli_train
 from mlflow import MlflowClient
+from stage_configs import compose_stage
 
 from scripts.calibrate import calibrate
 from scripts.export import export

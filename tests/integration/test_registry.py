@@ -9,8 +9,8 @@ import json
 import subprocess
 
 import pytest
-from conftest import compose_stage
 from mlflow import MlflowClient
+from stage_configs import compose_stage
 
 from scripts import pipeline as pipeline_module
 from scripts.hydra_app import StageApp

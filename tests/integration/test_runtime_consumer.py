@@ -20,9 +20,9 @@ from childsafe_runtime.consumer import EXIT_NOTHING_DECIDED, EXIT_REFUSED, EXIT_
 from childsafe_runtime.crop import CropConvention, crop_face
 from childsafe_runtime.frames import InputError
 from childsafe_runtime.integrity import BundleError
-from conftest import stand_in_contract, stand_in_graph, write_bundle
 from onnx import TensorProto, helper
 from PIL import Image
+from stand_in_bundles import stand_in_contract, stand_in_graph, write_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

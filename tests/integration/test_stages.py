@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import compose_stage
+from childsafe_runtime.consumer import Filter
 from mlflow import MlflowClient
+from stage_configs import compose_stage
 
 from calibration.state import CalibrationState
-from childsafe_runtime.consumer import Filter
 from scripts.calibrate import STATE_FILE, calibrate
 from scripts.compare import compare
 from scripts.evaluate import evaluate

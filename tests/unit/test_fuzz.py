@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import yaml
+from childsafe_runtime.integrity import BundleError, verify_bundle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,6 @@ from datamodules.licensed.filenames import AgeDB, FGNet, UTKFace
 from datamodules.licensed.tables import AgeManifest, ContentManifest
 from datamodules.screening import HashList
 from export.contract import validate_contract
-from childsafe_runtime.integrity import BundleError, verify_bundle
 from tracking.errors import WorkbenchError
 
 JSON = st.recursive(

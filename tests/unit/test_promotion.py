@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import compose_stage
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED
+from stage_configs import compose_stage
 
 from scripts.hydra_app import StageApp
 from scripts.promote import promote as promote_stage

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NonFiniteJSON, strict_json_loads
+from stage_configs import NonFiniteJSON, strict_json_loads
 
 from evaluation.content import content_metrics
 from tracking.mlflow_run import NOT_LOGGED, flatten, log_metrics

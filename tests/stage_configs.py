@@ -1,0 +1,47 @@
+"""Helpers tests import by name (no conftest is importable once there are two): stage configs, strict JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from scripts.hydra_app import CONFIG_DIR, register_resolvers
+
+
+def compose_stage(config_name: str, root: Path, cache: Path, *overrides: str) -> DictConfig:
+    """Compose a stage's config as its CLI would, with every folder redirected under `root`."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name,
+            overrides=[f"paths.log_dir={root / 'outputs'}", f"paths.cache_dir={cache}", *overrides],
+            return_hydra_config=True,
+        )
+    HydraConfig().set_config(cfg)
+    runs = root / "outputs" / cfg.task_name / "runs"
+    output_dir = runs / f"run-{len(list(runs.glob('run-*'))):02d}"
+    output_dir.mkdir(parents=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg.hydra
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+class NonFiniteJSON(ValueError):
+    """A bare NaN, Infinity or -Infinity: Python writes them, JSON and strict parsers (JSON.parse) refuse them."""
+
+
+def reject_non_finite(constant: str) -> None:
+    """`parse_constant` for json.loads, called only for NaN, Infinity and -Infinity."""
+    raise NonFiniteJSON(f"non-finite number {constant}")
+
+
+def strict_json_loads(text: str):
+    return json.loads(text, parse_constant=reject_non_finite)
