@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The runtime's pixel rules, shared rather than restated (the name is private to the runtime today).
-from childsafe_runtime.frames import _to_rgb as to_rgb
+# The runtime's pixel rules, shared rather than restated: one implementation for ingest and every consumer.
+from childsafe_runtime.frames import to_rgb
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 

@@ -22,5 +22,5 @@ def resize_to_network(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def resize_uint8(image_hwc, size: int):
     """A uint8 (H, W, 3) numpy image resized as the graph would: what ingest caches."""
-    tensor = torch.from_numpy(image_hwc).permute(2, 0, 1)[None]
+    tensor = torch.tensor(image_hwc).permute(2, 0, 1)[None]  # a copy: PIL-backed arrays are read-only
     return resize_to_network(tensor, size)[0].permute(1, 2, 0).to(torch.uint8).numpy()

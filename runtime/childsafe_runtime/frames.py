@@ -59,8 +59,8 @@ class Unreadable:
     skipped: bool = False  # a file of a format the contract does not list (it was not tried), not a failed read
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
-    """8-bit RGB as ingest makes it (datamodules/decoding.py states the same rules): 16-bit keeps its high
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """8-bit RGB, the one conversion ingest (datamodules/decoding.py) and the consumer share: 16-bit keeps its high
     byte (v >> 8) rather than Pillow's clip at 255, alpha (also a palette's transparency) is composited on
     black as round(colour x alpha / 255), and float images, which have no agreed 8-bit range, are refused.
     """
@@ -86,7 +86,7 @@ def decode_image(path: Path, limits: SizeLimits, name: str | None = None) -> np.
             limits.check(*image.size, name)  # before decoding: a huge image is refused without allocating it
             oriented = ImageOps.exif_transpose(image)
             oriented.load()
-            return np.ascontiguousarray(_to_rgb(oriented))
+            return np.ascontiguousarray(to_rgb(oriented))
     except InputError:
         raise
     except UnidentifiedImageError as error:
