@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from calibration.ood import QUANTILE, STATISTICS, OODCalibration, statistics_of
+from calibration.state import CalibrationState
 from datamodules.synthetic.content import SyntheticContent
 from datamodules.synthetic.faces import SyntheticFaces
+from scripts.export import build_wrapper
+from tracking.errors import WorkbenchError
 
 SIZE = 64
 FRAME_SIZES = [(64, 64), (97, 131), (480, 640), (720, 1280)]
@@ -73,3 +76,13 @@ def test_score_equals_an_independent_numpy_mahalanobis(split):
     np.testing.assert_allclose(statistics_of(held_out[:20], SIZE), stats, rtol=1e-4, atol=1e-5)
     expected = np.mean((stats - np.array(ood.mean)) ** 2 / np.array(ood.var), axis=1)
     np.testing.assert_allclose(ood.scores(held_out[:20], SIZE), expected, rtol=1e-4)
+
+
+def test_the_fit_survives_the_calibration_state_and_an_old_state_is_refused_at_export(split):
+    calib, held_out = split
+    ood = OODCalibration.fit(calib, SIZE, held_out)
+    state = CalibrationState("content", None, "x.ckpt", 0.95, ood=ood)
+    assert CalibrationState.from_json(state.to_json()).ood == ood
+    assert ood.test_abstention_rate == ood.abstention_rate(ood.scores(held_out, SIZE))
+    with pytest.raises(WorkbenchError, match=r"no out-of-distribution fit.*Re-run `childsafe calibrate`"):
+        build_wrapper(None, CalibrationState("content", None, "x.ckpt", 0.95), 0.9)
