@@ -152,7 +152,7 @@ def register_bundle(run_id: str, bundle: Path, contract: dict[str, Any], model_n
             input_example=example,
             registered_model_name=model_name,
             save_as_external_data=False,
-            extra_files=[str(bundle / name) for name in ("contract.json", "model_card.md", "SHA256SUMS")],
+            extra_files=[str(path) for path in sorted(bundle.iterdir()) if path.name != "model.onnx"],
         )
     client = MlflowClient(default_tracking_uri())
     version = str(info.registered_model_version)
