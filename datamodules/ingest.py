@@ -8,8 +8,8 @@ its report, under `refused/`.
 
 Pixels: decoded by `datamodules.decoding` (upright, opaque 8-bit RGB), cut by the shared
 `childsafe_runtime.crop.crop_face` when the row has a box, then resized by `models.resize.resize_uint8`,
-the same antialiased resize the exported graph applies, so a cached image is bit for bit what the
-graph makes of the same crop. Without a box the whole image is resized (to a square, whatever its
+the torch resize the exported graph is traced from (the export parity gate checks onnxruntime's
+Resize against it at six frame sizes). Without a box the whole image is resized (to a square, whatever its
 aspect ratio; `square` applies to boxes only).
 """
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from childsafe_runtime.consumer import ABSTAIN_RULE, DECISION_RULE
 from childsafe_runtime.crop import CropConvention
+from childsafe_runtime.frames import IMAGE_SUFFIXES, SizeLimits
 from childsafe_runtime.signing import signing_record
 from jsonschema import Draft202012Validator
 
@@ -26,12 +27,11 @@ from tracking.mlflow_run import git_state
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")
 SCHEMA_VERSION = 2
-METADATA_KEY = "childsafe_contract"
-MIN_SIDE, MAX_SIDE = 16, 4096  # input height and width the graph accepts, in pixels
+# Input height and width the graph accepts, in pixels: the reference consumer's defaults, stated in the contract.
+MIN_SIDE, MAX_SIDE = SizeLimits.min_side, SizeLimits.max_side
 # Every `rule` a schema-2 contract may state, taken from the reference consumer so the two cannot disagree;
 # a consumer refuses any other, as it cannot know its meaning.
 KNOWN_RULES = (DECISION_RULE, ABSTAIN_RULE)
-IMAGE_FORMATS = [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
 
 
 def non_finite_fields(value: Any, path: str = "") -> list[str]:
@@ -250,7 +250,7 @@ def _input(state: CalibrationState, image_size: int, face_crop: CropConvention |
             "exif_orientation": "applied before anything else (the box coordinates refer to the oriented frame)",
             "alpha": "composited on black",
             "modes": "greyscale, palette, CMYK and 16-bit are converted to 8-bit RGB",
-            "formats": IMAGE_FORMATS,
+            "formats": list(IMAGE_SUFFIXES),
             "animated": "a .gif is read as its first frame",
         },
         "in_graph": [

@@ -9,9 +9,10 @@ from typing import Any
 
 import onnx
 import torch
+from childsafe_runtime.integrity import METADATA_KEY
 from torch import nn
 
-from export.contract import MAX_SIDE, METADATA_KEY, MIN_SIDE
+from export.contract import MAX_SIDE, MIN_SIDE
 from tracking.errors import WorkbenchError
 
 log = logging.getLogger(__name__)

@@ -191,7 +191,11 @@ class Filter:
                 if is_too_small(box, self.convention):
                     faces.append({"box": box, "outputs": None, "decisions": None, "abstained": "face_too_small"})
                     continue
-                jobs.append(_Job(item, len(faces), crop_face(frame, box, self.convention)))
+                crop = crop_face(frame, box, self.convention)
+                if max(crop.shape[:2]) > self.limits.max_side:  # margin and square can outgrow the graph's bounds
+                    faces.append({"box": box, "outputs": None, "decisions": None, "abstained": "face_crop_too_large"})
+                    continue
+                jobs.append(_Job(item, len(faces), crop))
                 faces.append({"box": box})
             results.append({"faces": faces})
         return jobs, results

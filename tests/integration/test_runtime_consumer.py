@@ -170,6 +170,14 @@ def test_too_small_and_out_of_distribution_faces_abstain_and_do_not_decide(stand
         filter_.decide(np.zeros((8, 100, 3), np.uint8), [])
 
 
+def test_a_face_crop_beyond_max_side_abstains_instead_of_reaching_the_graph(stand_in_bundles):
+    filter_ = Filter(stand_in_bundles["age"])
+    frame = np.full((3000, 3000, 3), 128, np.uint8)  # 2900 px box + 40% margin a side: a 5220 px crop
+    result = filter_.decide(frame, [[50, 50, 2950, 2950], [100, 100, 300, 300]])
+    assert [face["abstained"] for face in result["faces"]] == ["face_crop_too_large", None]
+    assert result["faces"][0]["outputs"] is None and result["decisions"] == result["faces"][1]["decisions"]
+
+
 def test_a_stream_without_a_decided_face_for_no_face_seconds_is_flagged(tmp_path, capsys, stand_in_bundles):
     folder = tmp_path / "call"
     for i in range(12):
