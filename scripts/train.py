@@ -74,8 +74,9 @@ def find_resume_point(cfg: DictConfig) -> ResumePoint | None:
         if not checkpoint.is_file():
             raise WorkbenchError(f"ckpt_path={checkpoint} does not exist. Give a .ckpt file, `last`, or null.")
         return ResumePoint(checkpoint, None, {})
-    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
-    run = newest_interrupted_run(runs, cfg.task_name, cfg.resume.stale_after_s)
+    runs, output_dir = Path(cfg.paths.log_dir) / cfg.task_name / "runs", Path(cfg.paths.output_dir)
+    chosen = None if output_dir.parent == runs else output_dir  # a run folder named with paths.output_dir
+    run = newest_interrupted_run(runs, cfg.task_name, cfg.resume.stale_after_s, chosen)
     if run.tracking_uri and run.tracking_uri != default_tracking_uri():
         raise WorkbenchError(
             f"ckpt_path=last: the interrupted run {run.describe()} is tracked in {run.tracking_uri}, but "

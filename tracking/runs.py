@@ -138,9 +138,18 @@ def train_run_state(folder: Path, now: float | None = None) -> TrainRunState:
     return TrainRunState(folder, run_id, uri, status, age)
 
 
-def newest_interrupted_run(runs_dir: Path, task: str, stale_after_s: float) -> TrainRunState:
-    """The run folder of `task` with the newest `last.ckpt` whose run was interrupted; a named error if none."""
-    checkpoints = sorted(runs_dir.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+def newest_interrupted_run(
+    runs_dir: Path, task: str, stale_after_s: float, chosen: Path | None = None
+) -> TrainRunState:
+    """The run folder of `task` with the newest `last.ckpt` whose run was interrupted; a named error if none.
+
+    `chosen` is a run folder the user named (`paths.output_dir`): it is a candidate beside `runs_dir`'s.
+    """
+    found_checkpoints = {
+        *runs_dir.glob("*/checkpoints/last.ckpt"),
+        *(chosen.glob("checkpoints/last.ckpt") if chosen else []),
+    }
+    checkpoints = sorted(found_checkpoints, key=lambda p: p.stat().st_mtime, reverse=True)
     states = [train_run_state(checkpoint.parent.parent) for checkpoint in checkpoints]
     for state in states:
         if state.interrupted(stale_after_s):
@@ -148,7 +157,9 @@ def newest_interrupted_run(runs_dir: Path, task: str, stale_after_s: float) -> T
     found = "; ".join(state.describe() for state in states[:5]) or "no run folder holds checkpoints/last.ckpt"
     live = any(state.status == "RUNNING" for state in states)
     raise WorkbenchError(
-        f"ckpt_path=last: there is no interrupted run of task '{task}' to resume under {runs_dir} ({found}). "
+        f"ckpt_path=last: there is no interrupted run of task '{task}' to resume under {runs_dir}"
+        + (f" or in {chosen}" if chosen else "")
+        + f" ({found}). "
         "Only a run that ended KILLED or FAILED, or is RUNNING with no heartbeat for "
         f"resume.stale_after_s={stale_after_s:g} s, is resumed; a finished run is never touched. "
         + (

@@ -15,7 +15,7 @@ import torch
 import yaml
 from helpers import FAULT_ENV, REPO, cli_train
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from scripts.train import find_resume_point
 from tracking.errors import WorkbenchError
@@ -88,7 +88,7 @@ OUTCOMES = {
     "SIGKILL-group": (-signal.SIGKILL, "RUNNING", PERIODIC_STEP),
     "crash": (1, "FAILED", PERIODIC_STEP),
 }
-IN_CI = {"SIGINT", "SIGINT-group", "SIGKILL"}  # about 35 s each on 2 cores, after the shared reference run
+IN_CI = {"SIGINT", "SIGINT-group", "SIGTERM-group", "SIGKILL", "SIGKILL-group"}  # about 35 s each on 2 cores
 
 
 @pytest.mark.slow
@@ -188,6 +188,18 @@ def test_ckpt_path_last_takes_the_newest_interrupted_run_and_skips_finished_and_
     assert _resume(compose_train, "ckpt_path=last").run_dir == dead
     RunRecord(dead).update(status="FINISHED")
     assert _resume(compose_train, "ckpt_path=last").run_dir == killed
+
+
+def test_ckpt_path_last_finds_an_interrupted_run_in_a_folder_named_with_paths_output_dir(compose_train, tmp_path):
+    chosen = tmp_path / "elsewhere" / "x"  # lightning-hydra-template style: paths.output_dir=/data/runs/x
+    chosen.parent.mkdir()
+    _run_folder(compose_train, "KILLED", 300).rename(chosen)
+    cfg = compose_train("experiment=age_synthetic", "debug=smoke", "logger=none", "ckpt_path=last")
+    with pytest.raises(WorkbenchError, match="no interrupted run"):
+        find_resume_point(cfg)  # the default run folders hold none
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(chosen)
+    assert find_resume_point(cfg).run_dir == chosen
 
 
 def test_ckpt_path_last_with_only_finished_and_live_runs_says_so(compose_train):
