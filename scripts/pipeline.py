@@ -1,9 +1,10 @@
 """Run one experiment end to end: `childsafe pipeline experiment=age_synthetic`.
 
 Each stage runs as its own `childsafe <stage>` process (its own Hydra app and linked MLflow run).
-The pipeline records, for each completed stage, the config it ran with (composed with Hydra alone,
-interpolations unresolved, so no torch is imported) and, for train, a fingerprint of the data
-files, in `<log_dir>/pipeline/<experiment>/state.json`. A re-run skips a stage only when both are
+The pipeline records, for each completed stage, the config it ran with (composed with Hydra,
+resolved except where Hydra's runtime decides where files go), what it takes from the environment
+(the tracking store; export's signing key) and, for train, a fingerprint of the data files, in
+`<log_dir>/pipeline/<experiment>/state.json`. A re-run skips a stage only when both are
 unchanged and no earlier stage re-ran; otherwise it re-runs that stage and every stage after it,
 and says why.
 
@@ -22,11 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from childsafe_runtime.signing import KEY_ENV
 from omegaconf import DictConfig, OmegaConf
 
 from scripts.hydra_app import compose_base, console, has_key, prepare, run_stage, unknown_key_message
 from scripts.stage_help import CONFIG_DIR, config_groups
 from tracking.errors import PromotionRefused, WorkbenchError
+from tracking.mlflow_run import default_tracking_uri
 
 # Parts of a stage's config that say where things go, not what is computed.
 NOT_RESULTS = ("hydra", "paths")
@@ -124,9 +127,31 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): node}
 
 
+def _resolved_leaves(cfg: DictConfig, raw: Any, prefix: str = "") -> Any:
+    """`raw` with each leaf resolved where it can be now (`${on_gpu:...}`, `${oc.env:...}`, references);
+    a leaf that needs Hydra's runtime (`${hydra:...}`, only where files go) or reads the clock stays as written."""
+    if isinstance(raw, dict):
+        return {key: _resolved_leaves(cfg, value, f"{prefix}{key}.") for key, value in raw.items()}
+    if isinstance(raw, list) or not (isinstance(raw, str) and "${" in raw) or "${now:" in raw:
+        return raw  # a time (run names) differs on every run and changes nothing computed
+    value = OmegaConf.select(cfg, prefix.rstrip("."), throw_on_resolution_failure=False, default=raw)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def stage_config(cfg: DictConfig) -> dict[str, Any]:
-    """What a stage computes from: its composed config as written, without where its outputs go."""
-    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in NOT_RESULTS}
+    """What a stage computes from: its composed config, resolved, without where its outputs go."""
+    raw = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in NOT_RESULTS}
+    return _resolved_leaves(cfg, raw)
+
+
+def environment_inputs(stage: str) -> dict[str, str | None]:
+    """What a stage reads from the environment rather than its config: the tracking store it reads and
+    writes, and for export the release key it signs with (its public fingerprint, never the key)."""
+    inputs: dict[str, str | None] = {"tracking_uri": default_tracking_uri()}
+    if stage == "export":
+        source = os.environ.get(KEY_ENV)
+        inputs["signing_key"] = hashlib.sha256(source.encode()).hexdigest() if source else None
+    return inputs
 
 
 def data_fingerprint(train_cfg: DictConfig) -> str | None:
@@ -157,6 +182,9 @@ def why_run(stage: str, record: dict | None, current: dict) -> str | None:
         return f"{stage} config changed: {shown}"
     if record.get("data") != current.get("data"):
         return f"{stage} data changed: the files under data.root differ from the last run"
+    changed = sorted(k for k, v in current["environment"].items() if record.get("environment", {}).get(k) != v)
+    if changed:
+        return f"{stage} environment changed: {', '.join(changed)} (MLFLOW_TRACKING_URI, CHILDSAFE_SIGNING_KEY)"
     return None
 
 
@@ -209,7 +237,11 @@ def pipeline(cfg: DictConfig, direct: tuple[str, ...] = ()) -> list[str]:
     arguments = {stage: stage_arguments(cfg, stage, routed) for stage in cfg.stages}
     composed = {stage: compose_stage(stage, tuple(arguments[stage])) for stage in cfg.stages}
     current = {
-        stage: {"config": stage_config(c), "data": data_fingerprint(c) if stage == "train" else None}
+        stage: {
+            "config": stage_config(c),
+            "data": data_fingerprint(c) if stage == "train" else None,
+            "environment": environment_inputs(stage),
+        }
         for stage, c in composed.items()
     }
     state_file = state_folder(cfg) / "state.json"

@@ -49,6 +49,16 @@ def _run(cfg, capsys, recorder, *direct: str) -> tuple[list[str], str]:
     return [stage for stage, _ in recorder], capsys.readouterr().out
 
 
+def test_a_new_signing_key_reruns_export_and_promote_only(tmp_path, recorder, capsys, monkeypatch):
+    monkeypatch.delenv("CHILDSAFE_SIGNING_KEY", raising=False)
+    cfg = _pipeline_cfg(tmp_path)
+    assert _run(cfg, capsys, recorder)[0] == STAGES
+    monkeypatch.setenv("CHILDSAFE_SIGNING_KEY", str(tmp_path / "release.key"))  # an unsigned bundle must not stay
+    ran, out = _run(cfg, capsys, recorder)
+    assert ran == ["export", "promote"]
+    assert "export environment changed: signing_key" in out
+
+
 def test_a_changed_training_override_reruns_every_stage_and_says_why(tmp_path, recorder, capsys):
     cfg = _pipeline_cfg(tmp_path)
     ran, _ = _run(cfg, capsys, recorder, "trainer.max_epochs=2")
