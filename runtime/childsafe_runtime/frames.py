@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+MAX_BAD_FRAMES_IN_A_ROW = 10  # more undecodable frames in a row than this and the rest of the file counts as lost
 
 
 class InputError(Exception):
@@ -95,8 +96,12 @@ def decode_image(path: Path, limits: SizeLimits, name: str | None = None) -> np.
         raise InputError(f"{name} could not be decoded: {error}") from error
 
 
-def read_video(path: Path, limits: SizeLimits) -> Iterator[Frame]:
-    """Every frame of a video file, with its container timestamp; a file that yields no frame is an InputError."""
+def read_video(path: Path, limits: SizeLimits) -> Iterator[Frame | Unreadable]:
+    """Every frame of a video file, with its container timestamp; a file that yields no frame is an InputError.
+
+    A frame that cannot be decoded is reported (Unreadable, named by its number) and the stream goes on
+    with the next one; only `MAX_BAD_FRAMES_IN_A_ROW` failures in a row end the file, as an InputError.
+    """
     try:
         import cv2
     except ImportError as error:
@@ -108,22 +113,28 @@ def read_video(path: Path, limits: SizeLimits) -> Iterator[Frame]:
         if not capture.isOpened():
             raise InputError(f"{path} could not be opened as a video (OpenCV found no decodable stream)")
         announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        index = 0
-        while True:
+        index, decoded, bad_in_a_row = 0, 0, 0
+        while announced <= 0 or index < announced:
             ok, bgr = capture.read()
             if not ok:
-                break
-            if index == 0:
+                if announced <= 0 or bad_in_a_row + 1 >= MAX_BAD_FRAMES_IN_A_ROW:
+                    break
+                yield Unreadable(
+                    f"{path} frame {index}", f"{path} frame {index} could not be decoded; the stream goes on"
+                )
+                index, bad_in_a_row = index + 1, bad_in_a_row + 1
+                continue
+            if decoded == 0:
                 limits.check(bgr.shape[1], bgr.shape[0], str(path))
             time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             yield Frame(str(path), path.name, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time_s)
-            index += 1
-        if index == 0:
+            index, decoded, bad_in_a_row = index + 1, decoded + 1, 0
+        if decoded == 0:
             raise InputError(f"{path} opened as a video but not one frame could be decoded from it")
         if announced > index:
             raise InputError(
-                f"{path} stopped after {index} of the {announced} frames its header announces: "
-                "the rest is missing or corrupt"
+                f"{path} stopped after {index} of the {announced} frames its header announces "
+                f"({MAX_BAD_FRAMES_IN_A_ROW} in a row failed): the rest is missing or corrupt"
             )
     finally:
         capture.release()

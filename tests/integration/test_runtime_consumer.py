@@ -272,6 +272,24 @@ def test_a_broken_video_is_named_and_exits_3(tmp_path, capsys, stand_in_bundles)
     assert records[-1]["failed"] == 1 and records[-1]["frames_read"] == 0
 
 
+def test_a_corrupt_frame_mid_video_is_named_and_the_stream_goes_on(tmp_path, capsys, stand_in_bundles):
+    cv2 = pytest.importorskip("cv2")
+    video = tmp_path / "call.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for value in range(40, 240, 20):  # 10 frames, each one JPEG
+        writer.write(np.full((48, 64, 3), value, np.uint8))
+    writer.release()
+    data = bytearray(video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]  # JPEG start markers
+    data[starts[4] : starts[5]] = bytes(starts[5] - starts[4])  # frame 4 wiped
+    video.write_bytes(bytes(data))
+    code, records, err = _consume(capsys, stand_in_bundles["content"], video)
+    frames = _frames(records)
+    assert code == EXIT_UNREADABLE and "call.avi frame 4 could not be decoded; the stream goes on" in err
+    assert [r["frame_index"] for r in frames][:4] == [0, 1, 2, 3] and max(r["frame_index"] for r in frames) > 4
+    assert records[-1]["failed"] >= 1 and records[-1]["decided"] == len(frames)
+
+
 def test_an_empty_folder_is_an_error(tmp_path, capsys, stand_in_bundles):
     (tmp_path / "empty").mkdir()
     code, records, err = _consume(capsys, stand_in_bundles["content"], tmp_path / "empty")
