@@ -9,6 +9,7 @@ one bad frame must not stop a stream, nor pass silently.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,21 +79,61 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+class DecodeError(InputError):
+    """An image that yields no pixels; `reason` is the kind (undecodable, truncated, unsupported_mode),
+    the message the decoder's own words about the bytes (the caller names the file)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode_pixels(
+    data: bytes, limits: SizeLimits | None = None, name: str = "the image"
+) -> tuple[np.ndarray, list[str]]:
+    """The first frame of an image file's bytes as upright, opaque 8-bit RGB (H, W, 3), and the normalisations
+    applied (e.g. 'exif_orientation=6', 'mode=RGBA'). The one decoder for ingest and every consumer.
+
+    `limits` is checked before the pixels are decoded, so a huge image is refused without allocating it.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)  # a GIF's (or multi-page TIFF's) first frame
+            if limits is not None:
+                limits.check(*image.size, name)
+            orientation = image.getexif().get(0x0112, 1)
+            oriented = ImageOps.exif_transpose(image)
+            oriented.load()
+            notes = [] if orientation in (1, None) else [f"exif_orientation={orientation}"]
+            if image.mode != "RGB":
+                notes.append(f"mode={image.mode}")
+            try:
+                return np.ascontiguousarray(to_rgb(oriented)), notes
+            except ValueError as error:
+                raise DecodeError("unsupported_mode", f"mode {image.mode} cannot become 8-bit RGB: {error}") from error
+    except InputError:
+        raise
+    except UnidentifiedImageError as error:
+        raise DecodeError(
+            "undecodable",
+            f"Pillow recognises no image format in these {len(data)} bytes (they start with {data[:12]!r})",
+        ) from error
+    except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as error:
+        text = f"{type(error).__name__}: {error}"
+        cut = "truncated" in text.lower() or "broken data stream" in text.lower()
+        raise DecodeError("truncated" if cut else "undecodable", f"the decoder stopped with {text}") from error
+
+
 def decode_image(path: Path, limits: SizeLimits, name: str | None = None) -> np.ndarray:
     """uint8 (H, W, 3) RGB of an image file, or an InputError naming it with the decoder's reason."""
     name = name or str(path)
     try:
-        with Image.open(path) as image:
-            image.seek(0)  # a GIF's (or multi-page TIFF's) first frame
-            limits.check(*image.size, name)  # before decoding: a huge image is refused without allocating it
-            oriented = ImageOps.exif_transpose(image)
-            oriented.load()
-            return np.ascontiguousarray(to_rgb(oriented))
-    except InputError:
-        raise
-    except UnidentifiedImageError as error:
-        raise InputError(f"{name} is not an image Pillow can identify ({error})") from error
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(f"{name} could not be read ({error.strerror or error})") from error
+    try:
+        return decode_pixels(data, limits, name)[0]
+    except DecodeError as error:
         raise InputError(f"{name} could not be decoded: {error}") from error
 
 

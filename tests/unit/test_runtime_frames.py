@@ -128,7 +128,7 @@ def test_an_empty_folder_a_missing_file_and_an_unknown_suffix_are_reported(tmp_p
 def test_a_file_that_is_not_an_image_is_named_with_the_decoder_s_reason(tmp_path):
     path = tmp_path / "fake.jpg"
     path.write_bytes(b"this is text, not a JPEG")
-    with pytest.raises(InputError, match=r"fake\.jpg is not an image Pillow can identify"):
+    with pytest.raises(InputError, match=r"fake\.jpg could not be decoded: Pillow recognises no image format"):
         decode_image(path, LIMITS)
 
 
