@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,17 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.cache import CachedDataset, materialise
 from datamodules.preview import save_preview
 from datamodules.resumable import ResumableLoader, ResumableShuffle
+
+
+def leave_interrupts_to_training(worker_id: int) -> None:
+    """A loader worker ignores Ctrl-C: a terminal sends it to the whole process group, and the training
+    process alone decides what it means (stop at the end of the step, models/guards.py). A worker that
+    died of it would end the run mid-step instead. Lightning's worker seeding still runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # set by seed_everything(workers=True), as Lightning reads it
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -126,6 +139,7 @@ class CachedDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,
             "prefetch_factor": self.prefetch_factor if self.num_workers > 0 else None,
+            "worker_init_fn": leave_interrupts_to_training if self.num_workers > 0 else None,
         }
 
     def train_dataloader(self) -> ResumableLoader:
