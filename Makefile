@@ -26,7 +26,8 @@ demo: $(STAMP)
 	@echo
 	@echo "Bundles:      $(CURDIR)/releases/childsafe-age_synthetic  $(CURDIR)/releases/childsafe-content_synthetic"
 	@echo "Signed with:  $(DEMO_KEYS)/release.key (public key $(DEMO_KEYS)/release.pub)"
-	@echo "Try one:      $(BIN)/childsafe-filter --public-key $(DEMO_KEYS)/release.pub releases/childsafe-age_synthetic <image or folder>"
+	@echo "Try one:      $(BIN)/childsafe-filter --public-key $(DEMO_KEYS)/release.pub releases/childsafe-content_synthetic <image, folder or video>"
+	@echo "              (the age bundle judges faces: add --boxes faces.jsonl or --detector; docs/runtime.md)"
 	@echo "Run folders:  $(CURDIR)/outputs/  (re-running make demo resumes; rm -r outputs/pipeline to start over)"
 	@echo "MLflow:       $(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db}"
 
