@@ -1,4 +1,5 @@
-"""The bundles `make demo` published, recounted independently on their calib split (issue 13, acceptance 1).
+"""The bundles `make demo` published: recounted independently on their calib split (issue 13, acceptance 1),
+and blank and noise frames abstained on through the shipped graph (issue 15; figures in docs/benchmarks.md).
 
 Run after `make demo`: `.venv/bin/python -m pytest -m slow tests/integration/test_demo_bundles.py -s`.
 The images come from the demo's own dataset cache, so nothing is rendered again.
@@ -6,7 +7,9 @@ The images come from the demo's own dataset cache, so nothing is rendered again.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from childsafe_runtime.consumer import Filter
 from contract_recount import recount_bundle
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -30,3 +33,21 @@ def test_demo_bundle_misses_exactly_what_its_certificates_counted(experiment):
     counts = recount_bundle(bundle, cached.images, cached.manifest)
     print(experiment, counts)
     assert all(graph == certified for graph, certified in counts.values()), counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["age_synthetic", "content_synthetic"])
+def test_blank_and_noise_frames_of_any_size_score_above_the_demo_bundle_s_ood_threshold(experiment):
+    bundle = REPO_ROOT / "releases" / f"childsafe-{experiment}"
+    if not (bundle / "contract.json").exists():
+        pytest.skip(f"no demo bundle at {bundle}: run `make demo` first")
+    filter_ = Filter(bundle)
+    threshold = filter_.contract["abstention"]["ood"]["threshold"]
+    ratios: dict[str, list[float]] = {}
+    for height, width in [(64, 64), (97, 131), (480, 640), (720, 1280)]:
+        frames = {f"uniform {v}": np.full((height, width, 3), v, np.uint8) for v in (0, 128, 255)}
+        frames["noise"] = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for name, frame in frames.items():
+            ratios.setdefault(name, []).append(filter_.run([frame])[0]["outputs"]["ood_score"] / threshold)
+    print(experiment, f"threshold {threshold:.3f}", {k: f"{min(v):.1f}-{max(v):.1f}x" for k, v in ratios.items()})
+    assert min(min(v) for v in ratios.values()) > 1.0, ratios
