@@ -27,8 +27,9 @@ class AgeModule(WorkbenchModule):
         image_size: int = 64,
         max_age: int = 100,
         gates: tuple[int, ...] = (13, 16, 18),
+        scheduler: str = "onecycle",
     ):
-        super().__init__(backbone, optimizer, image_size)
+        super().__init__(backbone, optimizer, image_size, scheduler)
         self.save_hyperparameters()
         head_options = {k: v for k, v in head.items() if k != "kind"}
         self.head = build_age_head(head["kind"], self.backbone.out_features, max_age, **head_options)

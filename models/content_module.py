@@ -25,8 +25,9 @@ class ContentModule(WorkbenchModule):
         image_size: int = 64,
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        scheduler: str = "onecycle",
     ):
-        super().__init__(backbone, optimizer, image_size)
+        super().__init__(backbone, optimizer, image_size, scheduler)
         self.save_hyperparameters()
         n = len(classes)
         self.classifier = nn.Linear(self.backbone.out_features, n)
