@@ -9,6 +9,8 @@ and test splits at the network's size, and on frames of several sizes made from 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,15 +43,46 @@ def _batches(images: np.ndarray):
         yield np.ascontiguousarray(images[start : start + BATCH])
 
 
+@contextmanager
+def placed_on(module: torch.nn.Module, device: str | torch.device | None) -> Iterator[torch.device]:
+    """Run `module` on `device` (None: where it is) for the block, then put it back where it was.
+
+    Callers keep a CPU module: the calibration heads, the ONNX export and the OOD score run on CPU tensors,
+    and the weights come back unchanged (a device copy is exact). On CUDA, TF32 is off inside the block:
+    parity compares with onnxruntime's fp32 at 1e-4, and TF32 convolutions are about 1e-3 off.
+    """
+    home = next(module.parameters()).device
+    target = torch.device(device) if device is not None else home
+    module.to(target)
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            torch.backends.cuda.matmul.allow_tf32 = False
+            yield target
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        module.to(home)
+
+
 @torch.no_grad()
-def reference_outputs(module, state: CalibrationState, images: np.ndarray, coverage: float) -> dict[str, np.ndarray]:
-    """The pipeline's outputs on uint8 NHWC images of one size: resize, network, calibration in numpy."""
+def reference_outputs(
+    module, state: CalibrationState, images: np.ndarray, coverage: float, device: str | torch.device | None = None
+) -> dict[str, np.ndarray]:
+    """The pipeline's outputs on uint8 NHWC images of one size: resize, network, calibration in numpy.
+
+    Only the network runs on `device` (None: where the module is); the resize, the OOD score and the
+    calibration stay on CPU, so CPU results do not depend on the choice.
+    """
     module.eval()
     size = int(module.hparams.image_size)
+    batches = []
+    with placed_on(module, device) as target:
+        for batch in _batches(images):
+            pixels = network_pixels(batch, size)
+            out = {key: value.cpu() for key, value in module(pixels.to(target)).items()}
+            batches.append((out, state.ood.module()(pixels).numpy() if state.ood is not None else None))
     parts: dict[str, list[np.ndarray]] = {}
-    for batch in _batches(images):
-        pixels = network_pixels(batch, size)
-        out = module(pixels)
+    for out, ood_score in batches:
         if state.task == "content":
             logits = out["logits"].numpy().astype(np.float64)
             probs, unsafe = state.content.probabilities(logits), state.content.unsafe_score(logits)
@@ -60,8 +93,8 @@ def reference_outputs(module, state: CalibrationState, images: np.ndarray, cover
             if state.age.intervals:  # an uncalibrated model has none
                 low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
                 values |= {"interval_low": low, "interval_high": high}
-        if state.ood is not None:
-            values["ood_score"] = state.ood.module()(pixels).numpy()
+        if ood_score is not None:
+            values["ood_score"] = ood_score
         for key, value in values.items():
             parts.setdefault(key, []).append(value)
     outputs = {key: np.concatenate(value) for key, value in parts.items()}
@@ -217,7 +250,13 @@ def frames_at(images: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def check_sizes(
-    module, state: CalibrationState, model_path: Path, images: np.ndarray, coverage: float, report: ParityReport
+    module,
+    state: CalibrationState,
+    model_path: Path,
+    images: np.ndarray,
+    coverage: float,
+    report: ParityReport,
+    device: str | torch.device | None = None,
 ) -> None:
     """The graph on frames of every PARITY_SIZES size equals the pipeline's own resize-then-model."""
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -229,7 +268,7 @@ def check_sizes(
         except Exception as error:  # onnxruntime raises its own types; a graph that rejects a size fails the gate
             report.failures.append(f"frames of {label}: the graph refused them ({type(error).__name__}: {error})")
             continue
-        reference = reference_outputs(module, state, frames, coverage)
+        reference = reference_outputs(module, state, frames, coverage, device)
         diffs, disagreements, failures = compare_outputs(state, reference, exported, f"frames of {label}: ")
         report.sizes[label] = {"frames": len(frames), "max_abs_diff": diffs, "decision_disagreements": disagreements}
         report.failures += failures

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from calibration.fit import calibrate_age, calibrate_content
 from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
+from export.parity import placed_on
 from models.predict import predict
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.mlflow_run import log_metrics, stage_run
@@ -36,7 +37,8 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
     trained = resolve_trained_run(cfg.run_id, cfg.checkpoint, output_dir / "source", cfg.expected_task, cfg.train_task)
     model = trained.load_model()
     datamodule = trained.datamodule()
-    calib, test = predict(model, datamodule.dataset("calib")), predict(model, datamodule.dataset("test"))
+    with placed_on(model, cfg.device):  # the network only: the calibrators fit on CPU outputs
+        calib, test = predict(model, datamodule.dataset("calib")), predict(model, datamodule.dataset("test"))
 
     figures_dir = output_dir / "figures"
     settings, manifest = cfg.calibration, datamodule.load().manifest

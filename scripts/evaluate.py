@@ -42,10 +42,10 @@ def identity_calibration(module, unsafe_classes: list[str]) -> CalibrationState:
 
 
 def predictions_frame(
-    module, state: CalibrationState, images: np.ndarray, rows: pd.DataFrame, coverage: float
+    module, state: CalibrationState, images: np.ndarray, rows: pd.DataFrame, coverage: float, device: str | None = None
 ) -> pd.DataFrame:
     """One row per image: ids, labels, attributes, every model output, and each operating-point decision."""
-    outputs = reference_outputs(module, state, images, coverage)
+    outputs = reference_outputs(module, state, images, coverage, device)
     frame = rows.drop(columns=["sha256", "licence", "path"], errors="ignore").reset_index(drop=True)
     if state.task == "content":
         for index, name in enumerate(state.content.classes):
@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"Splits present: {sorted(datamodule.load().manifest['split'].unique())}."
         )
     images = np.asarray(datamodule.load().images[rows.index.to_numpy()])
-    frame = predictions_frame(module, state, images, rows, cfg.evaluation.coverage)
+    frame = predictions_frame(module, state, images, rows, cfg.evaluation.coverage, cfg.device)
 
     if state.task == "age":
         metrics, tables = age_metrics(
@@ -142,7 +142,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             if attribute in frame.columns
             else not_measurable(f"the data has no '{attribute}' column")
         )
-    robustness = robustness_table(module, state, images, rows, cfg.evaluation.coverage, functions, overall)
+    robustness = robustness_table(module, state, images, rows, cfg.evaluation.coverage, functions, overall, cfg.device)
 
     frame.to_parquet(output_dir / "predictions.parquet", index=False)
     fairness.to_csv(output_dir / "fairness.csv", index=False)
@@ -212,10 +212,10 @@ def _per_rows(frame: pd.DataFrame, state: CalibrationState):
     return lambda rows: float(correct[rows].mean()) if rows.size else np.nan
 
 
-def robustness_table(module, state, images, rows, coverage, functions, overall) -> pd.DataFrame:
+def robustness_table(module, state, images, rows, coverage, functions, overall, device=None) -> pd.DataFrame:
     records = []
     for name, perturb in PERTURBATIONS.items():
-        frame = predictions_frame(module, state, perturb(images), rows, coverage)
+        frame = predictions_frame(module, state, perturb(images), rows, coverage, device)
         for metric, function in functions.items():
             estimate, clean = function(frame), overall[metric]
             delta = estimate.value - clean.value if estimate.measurable and clean.measurable else np.nan

@@ -136,11 +136,12 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
     image_size = int(inputs.module.hparams.image_size)
     exporter = export_onnx(inputs.wrapper, staging / "model.onnx", settings.opset)
-    reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage)
+    device = settings.get("device")  # the network's side of the parity check; the graph runs on onnxruntime's CPU
+    reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage, device)
     exported = onnx_outputs(staging / "model.onnx", inputs.images)
     report = check_parity(state, reference, exported, rows, target)
     calib_images = inputs.images[(rows["split"] == "calib").to_numpy()]
-    check_sizes(inputs.module, state, staging / "model.onnx", calib_images, settings.coverage, report)
+    check_sizes(inputs.module, state, staging / "model.onnx", calib_images, settings.coverage, report, device)
     (report_dir / "parity.json").write_text(json.dumps(report.__dict__, indent=2))
     if not report.passed:
         raise ParityError("Parity gate failed, nothing was published:\n  - " + "\n  - ".join(report.failures))
