@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cache import CachedDataset, materialise
 from datamodules.preview import save_preview
-from datamodules.resumable import ResumableLoader, ResumableShuffle
+from datamodules.resumable import SAMPLERS, ResumableLoader, ResumableShuffle, balanced_weights
+from tracking.errors import WorkbenchError
 
 
 def leave_interrupts_to_training(worker_id: int) -> None:
@@ -76,8 +77,13 @@ class CachedDataModule(L.LightningDataModule):
         render_workers: int = 2,
         pin_memory: bool = False,
         prefetch_factor: int | None = None,
+        sampler: str = "shuffle",
+        sampler_max_ratio: float = 10.0,
     ):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise WorkbenchError(f"Unknown data.sampler={sampler!r}. Valid options: {list(SAMPLERS)}.")
+        self.sampler, self.sampler_max_ratio = sampler, sampler_max_ratio
         self.cache_dir = cache_dir
         self.target = target
         self.preview_columns = tuple(preview_columns)
@@ -156,11 +162,25 @@ class CachedDataModule(L.LightningDataModule):
                 epoch,
                 num_replicas=self.trainer.world_size if self.trainer is not None else 1,
                 rank=self.trainer.global_rank if self.trainer is not None else 0,
+                weights=self._sampling_weights(dataset),
             ),
             # its own generator, so making an iterator never consumes the global random state
             generator=torch.Generator().manual_seed(self.shuffle_seed),
             **self._loader_options(),
         )
+
+    def _sampling_weights(self, dataset: CachedImageDataset) -> np.ndarray | None:
+        """`data.sampler`: None to shuffle, else draw weights from the training split's label histogram."""
+        if self.sampler == "shuffle":
+            return None
+        wanted = "age" if self.sampler == "age_balanced" else "content"
+        if self.task != wanted:
+            raise WorkbenchError(
+                f"data.sampler={self.sampler} balances {wanted} labels, but this is {self.task} data. "
+                f"Use data.sampler={'age_balanced' if self.task == 'age' else 'class_balanced'} or shuffle."
+            )
+        labels = np.floor(dataset.targets) if self.task == "age" else dataset.targets  # ages by whole year
+        return balanced_weights(labels, self.sampler_max_ratio)
 
     def _train_batches_done(self) -> int:
         """Batches of the current epoch already trained: 0 at an epoch's start, k after resuming at batch k."""

@@ -1,6 +1,7 @@
 """A training loader that can stop anywhere in an epoch and resume at the very next batch.
 
-The shuffle is a pure function of (seed, epoch), and where an epoch starts is read from the
+The shuffle (or, with `data.sampler=age_balanced|class_balanced`, a draw that oversamples rare
+labels) is a pure function of (seed, epoch), and where an epoch starts is read from the
 training loop's own progress when the epoch's iteration begins. Reading it then, rather than
 relying on Lightning to hand the loader its saved state, matters: when the LR schedule asks for
 `estimated_stepping_batches`, Lightning builds the train loader before it restores the
@@ -15,9 +16,25 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
+SAMPLERS = ("shuffle", "age_balanced", "class_balanced")
+
+
+def balanced_weights(labels: np.ndarray, max_ratio: float = 10.0) -> np.ndarray:
+    """Draw probabilities inversely proportional to each label's count in the training split.
+
+    Capped at `max_ratio` times the commonest label's weight: a label seen twice would otherwise be
+    drawn as often as one seen a thousand times, and the model would memorise those two images.
+    """
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    weights = np.minimum(1.0 / counts, max_ratio / counts.max())[inverse]
+    return weights / weights.sum()
+
 
 class ResumableShuffle(DistributedSampler):
     """A fresh permutation each epoch, drawn from (seed, epoch) alone, skipping what this epoch already trained.
+
+    Given `weights`, each epoch is instead `length` indices drawn with replacement by those
+    probabilities (rare labels repeat, common ones are left out), from the same (seed, epoch).
 
     Under DDP each rank takes every `num_replicas`-th index of the same permutation, padded as
     DistributedSampler pads, so the shards are disjoint and a resumed rank skips only its own
@@ -33,13 +50,19 @@ class ResumableShuffle(DistributedSampler):
         epoch: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        weights: np.ndarray | None = None,
     ):
         super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.length, self.batch_size, self.epoch = length, batch_size, epoch
         self.batches_done = batches_done
+        self.weights = weights
 
     def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is None:
+            order = rng.permutation(self.length)
+        else:
+            order = rng.choice(self.length, size=self.length, p=self.weights)
         shard = np.resize(order, self.total_size)[self.rank :: self.num_replicas]
         yield from shard[self.batches_done() * self.batch_size :].tolist()
 
