@@ -41,7 +41,13 @@ from scripts.step_profile import profile_rows
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
 
-DOCS_START, DOCS_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+def docs_markers(section: str) -> tuple[str, str]:
+    """The comments that fence a harness's own table in a markdown file."""
+    return f"<!-- {section}:start -->", f"<!-- {section}:end -->"
+
+
+DOCS_START, DOCS_END = docs_markers("bench")
 # Dense bf16 tensor-core peaks (vendor data sheets, SXM parts), matched against the CUDA device name.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -315,18 +321,20 @@ def _installed(name: str) -> bool:
     return True
 
 
-def write_into_docs(path: Path, table: str) -> None:
-    """Replace the harness's own section of the markdown file, leaving the hand-written rest alone."""
+def write_into_docs(path: Path, table: str, section: str = "bench") -> None:
+    """Replace the harness's own section (`<!-- section:start -->` to `:end`) of the markdown file, leaving the
+    hand-written rest alone. `make gpu-check` fills its own section the same way."""
+    start, end = docs_markers(section)
     text = path.read_text() if path.is_file() else ""
-    if DOCS_START not in text:
+    if start not in text:
         raise WorkbenchError(
-            f"docs_file={path} has no {DOCS_START} ... {DOCS_END} section for the harness to fill (or does not "
-            "exist). Add the two markers where the table belongs, or pass docs_file=null; the table is in the run "
-            "folder's benchmark.md and in MLflow either way."
+            f"{path} has no {start} ... {end} section for the harness to fill (or does not exist). Add the two "
+            "markers where the table belongs, or leave the docs alone (childsafe bench: docs_file=null; make "
+            "gpu-check: GPU_CHECK_DOCS=); the table is printed and kept in the run folder either way."
         )
-    head, rest = text.split(DOCS_START, 1)
-    tail = rest.split(DOCS_END, 1)[1]
-    path.write_text(f"{head}{DOCS_START}\n{table}\n{DOCS_END}{tail}")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def bench(cfg: DictConfig) -> dict[str, float]:
