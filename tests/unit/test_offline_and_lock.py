@@ -81,6 +81,25 @@ def test_what_a_stage_starts_inherits_the_defaults(monkeypatch: pytest.MonkeyPat
     assert child == ["true true"]
 
 
+def test_mlflow_itself_sees_telemetry_off() -> None:
+    """End to end with MLflow's own switch: after `childsafe` has started, importing mlflow creates no telemetry
+    client. Run outside pytest's and CI's markers, which MLflow treats as "testing" and would turn it off anyway."""
+    probe = """
+import contextlib, io
+from scripts import cli
+with contextlib.redirect_stdout(io.StringIO()):
+    cli.main(["--help"])
+import mlflow
+from mlflow.telemetry import get_telemetry_client
+from mlflow.telemetry.utils import _IS_IN_CI_ENV_OR_TESTING
+print(get_telemetry_client() is None, _IS_IN_CI_ENV_OR_TESTING)
+"""
+    markers = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", *cli.OFFLINE_DEFAULTS}
+    env = {k: v for k, v in os.environ.items() if k not in markers}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert result.stdout.split() == ["True", "False"], result.stdout + result.stderr
+
+
 def test_config_errors_are_reported_before_torch_or_lightning_load() -> None:
     """Every Hydra stage refuses a mistyped key with exit status 2 while neither torch nor Lightning is imported
     (in one fresh interpreter, so nothing imported by the test session hides an import)."""
