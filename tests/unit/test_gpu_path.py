@@ -14,7 +14,16 @@ from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torc
 from export.parity import placed_on, reference_outputs
 from scripts.hydra_app import register_resolvers, validate
 
-LICENSED = ("agedb", "appa_real", "fgnet", "imdb_wiki", "utkface", "age_manifest", "content_manifest")
+LICENSED = (
+    "agedb",
+    "appa_real",
+    "fgnet",
+    "imdb_wiki",
+    "utkface",
+    "age_manifest",
+    "content_manifest",
+    "content_imagefolder",
+)
 
 
 @pytest.fixture(autouse=True)
