@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchvision.ops._utils import split_normalization_params
 
+from models.checkpointing import RandomStateCheckpoint
 from models.content_module import ContentModule
 from models.ema import EMAWeights
 from tracking.errors import WorkbenchError
@@ -103,3 +104,29 @@ def test_lightnings_own_callback_would_test_the_raw_weights(tmp_path):
     """Why models/ema.py subclasses: the stock callback reloads `current_model_state` at test."""
     saved, tested = fit_and_test(tmp_path, EMAWeightAveraging(decay=0.5))
     assert torch.equal(tested["classifier.weight"], saved["current_model_state"]["classifier.weight"])
+
+
+def fit_two_epochs(tmp_path, ckpt_path=None) -> dict:
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[
+            EMAWeights(decay=0.5),
+            ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1),
+            RandomStateCheckpoint(),  # the training flip's random state, as configs/callbacks/default.yaml has it
+        ],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        deterministic=True,
+    )
+    module = content_module()
+    trainer.fit(module, train_dataloaders=batches(4), val_dataloaders=batches(2), ckpt_path=ckpt_path)
+    return module.state_dict()
+
+
+def test_resuming_restores_both_the_raw_and_the_averaged_weights(tmp_path):
+    unbroken = fit_two_epochs(tmp_path / "unbroken")
+    resumed = fit_two_epochs(tmp_path / "resumed", ckpt_path=tmp_path / "unbroken" / "epoch=0.ckpt")
+    assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)  # the EMA weights, after training ends
