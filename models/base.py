@@ -88,7 +88,13 @@ class WorkbenchModule(L.LightningModule):
                 decayed = decay_all or parameter.ndim > 1
                 groups.setdefault((in_backbone, decayed), []).append(parameter)
         return [
-            {"params": params, "lr": lr * (lr_mult if in_backbone else 1.0), "weight_decay": decay if decayed else 0.0}
+            {
+                "params": params,
+                "lr": lr * (lr_mult if in_backbone else 1.0),
+                "weight_decay": decay if decayed else 0.0,
+                # LearningRateMonitor logs lr-AdamW/<name>: which group a curve is, at a glance.
+                "name": ("backbone" if in_backbone else "head") + ("" if decayed else "_no_decay"),
+            }
             for (in_backbone, decayed), params in groups.items()
         ]
 

@@ -33,6 +33,7 @@ def test_norms_and_biases_get_no_decay_and_the_backbone_its_own_lr():
     backbone = {id(p) for p in module.backbone.parameters()}
     lrs = {all(id(p) in backbone for p in g["params"]): g["initial_lr"] for g in groups}
     assert lrs[True] == pytest.approx(0.1 * lrs[False])
+    assert sorted(g["name"] for g in groups) == ["backbone", "backbone_no_decay", "head", "head_no_decay"]
 
 
 def test_decay_norms_and_biases_keeps_the_old_single_decay():
