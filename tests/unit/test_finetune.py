@@ -131,3 +131,13 @@ def test_resuming_restores_both_the_raw_and_the_averaged_weights(tmp_path):
     unbroken = fit_two_epochs(tmp_path / "unbroken")
     resumed = fit_two_epochs(tmp_path / "resumed", ckpt_path=tmp_path / "unbroken" / "epoch=0.ckpt")
     assert all(torch.equal(unbroken[k], resumed[k]) for k in unbroken)  # the EMA weights, after training ends
+
+
+@pytest.mark.parametrize("task", ["age", "content"])
+def test_the_finetune_experiments_compose_the_recipe_at_224_px(compose_train, task):
+    cfg = compose_train(f"experiment={task}_finetune")
+    assert cfg.model.image_size == 224 and cfg.model.backbone.name == "resnet50"
+    assert cfg.model.optimizer.backbone_lr_mult == 0.1 and not cfg.model.optimizer.decay_norms_and_biases
+    assert cfg.model.scheduler == "warmup_cosine" and cfg.trainer.gradient_clip_val == 1.0
+    assert cfg.callbacks.ema._target_ == "models.ema.EMAWeights"
+    assert task == "age" or cfg.model.label_smoothing == 0.1
