@@ -22,6 +22,14 @@ class Numbers(Dataset):
         return torch.tensor(index)
 
 
+@pytest.fixture(autouse=True)
+def python_s_own_ctrl_c():
+    """Workers fork from this process and inherit its SIGINT handler; an earlier test may have left another."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_workers_then_drain(worker_init_fn) -> list[int]:
     loader = DataLoader(Numbers(), batch_size=4, num_workers=2, worker_init_fn=worker_init_fn)
     iterator = iter(loader)
