@@ -21,6 +21,7 @@ from sklearn.model_selection import KFold
 
 from calibration.isotonic import fit_isotonic
 from models.age_heads import AgeHead
+from tracking.errors import WorkbenchError
 
 
 def fit_age_temperature(head: AgeHead, raw: torch.Tensor, age: torch.Tensor) -> float:
@@ -93,11 +94,21 @@ class AgeCalibration:
         with torch.no_grad():
             return head.spread(head.temper(raw, self.temperature)).numpy().astype(np.float64)
 
+    def intervals_at(self, coverage: float) -> ConformalIntervals:
+        """The intervals calibrated at `coverage`; asking for one that calibrate did not fit is a named error."""
+        for intervals in self.intervals:
+            if math.isclose(intervals.coverage, coverage):
+                return intervals
+        raise WorkbenchError(
+            f"No age interval was calibrated at coverage {coverage:g}: the calibration state has "
+            f"{[i.coverage for i in self.intervals]}. Use one of those (evaluation.coverage, export.coverage), or "
+            f"re-run calibrate with calibration.age.coverages including {coverage:g}."
+        )
+
     def interval(
         self, coverage: float, expected_age: np.ndarray, spread: np.ndarray, groups: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        intervals = next(i for i in self.intervals if math.isclose(i.coverage, coverage))
-        half = intervals.half_width(spread, groups)
+        half = self.intervals_at(coverage).half_width(spread, groups)
         return np.clip(expected_age - half, 0, self.max_age), np.clip(expected_age + half, 0, self.max_age)
 
     @classmethod

@@ -113,8 +113,8 @@ class AgeExportWrapper(nn.Module):
             for g in calibration.gates
         )
         self.use_isotonic = [g.method == "isotonic" for g in calibration.gates]
-        intervals = next(i for i in calibration.intervals if abs(i.coverage - coverage) < 1e-9)
-        self.register_buffer("interval_quantile", torch.tensor(intervals.quantile, dtype=torch.float32))
+        quantile = calibration.intervals_at(coverage).quantile
+        self.register_buffer("interval_quantile", torch.tensor(quantile, dtype=torch.float32))
         self.register_buffer("max_age", torch.tensor(calibration.max_age, dtype=torch.float32))
         self.register_buffer("thresholds", _thresholds(points))
 

@@ -134,3 +134,14 @@ def test_isotonic_knots_are_thinned_so_the_map_has_a_bounded_slope():
     assert np.all(np.diff(knots_y) >= 0)
     assert np.max(np.diff(knots_y) / np.diff(knots_x)) <= 1 / MIN_SPACING
     assert np.abs(np.interp(x, knots_x, knots_y) - x).mean() < 0.05  # still calibrates
+
+
+def test_asking_for_an_interval_coverage_calibrate_did_not_fit_names_the_ones_it_did():
+    from calibration.age import AgeCalibration, ConformalIntervals
+    from tracking.errors import WorkbenchError
+
+    intervals = [ConformalIntervals(coverage=0.9, quantile=1.5, calib_size=10)]
+    calibration = AgeCalibration(temperature=1.0, gates=[], intervals=intervals, calib_size=10, max_age=80.0)
+    assert calibration.intervals_at(0.9) is intervals[0]
+    with pytest.raises(WorkbenchError, match=r"coverage 0.8: the calibration state has \[0.9\]"):
+        calibration.intervals_at(0.8)
