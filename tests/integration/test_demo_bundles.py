@@ -7,6 +7,8 @@ The images come from the demo's own dataset cache, so nothing is rendered again.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from childsafe_runtime.consumer import Filter
@@ -18,12 +20,22 @@ from scripts.hydra_app import CONFIG_DIR, register_resolvers
 from tracking.mlflow_run import REPO_ROOT
 
 
+@pytest.fixture(params=["age_synthetic", "content_synthetic"])
+def experiment(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def bundle(experiment: str) -> Path:
+    """The experiment's published demo bundle; the test is skipped before `make demo` has made it."""
+    folder = REPO_ROOT / "releases" / f"childsafe-{experiment}"
+    if not (folder / "contract.json").exists():
+        pytest.skip(f"no demo bundle at {folder}: run `make demo` first")
+    return folder
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["age_synthetic", "content_synthetic"])
-def test_demo_bundle_misses_exactly_what_its_certificates_counted(experiment):
-    bundle = REPO_ROOT / "releases" / f"childsafe-{experiment}"
-    if not (bundle / "contract.json").exists():
-        pytest.skip(f"no demo bundle at {bundle}: run `make demo` first")
+def test_demo_bundle_misses_exactly_what_its_certificates_counted(experiment, bundle):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
@@ -36,11 +48,7 @@ def test_demo_bundle_misses_exactly_what_its_certificates_counted(experiment):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["age_synthetic", "content_synthetic"])
-def test_blank_and_noise_frames_of_any_size_score_above_the_demo_bundle_s_ood_threshold(experiment):
-    bundle = REPO_ROOT / "releases" / f"childsafe-{experiment}"
-    if not (bundle / "contract.json").exists():
-        pytest.skip(f"no demo bundle at {bundle}: run `make demo` first")
+def test_blank_and_noise_frames_of_any_size_score_above_the_demo_bundle_s_ood_threshold(experiment, bundle):
     filter_ = Filter(bundle)
     threshold = filter_.contract["abstention"]["ood"]["threshold"]
     ratios: dict[str, list[float]] = {}
