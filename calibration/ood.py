@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.resize import resize_to_network
+from models.resize import Framing
 
 QUANTILE = 0.995
 STATISTICS = (
@@ -83,42 +83,43 @@ class OODCalibration:
 
     @classmethod
     def fit(
-        cls, images: np.ndarray, size: int, test_images: np.ndarray | None = None, quantile: float = QUANTILE
+        cls, images: np.ndarray, framing: Framing, test_images: np.ndarray | None = None, quantile: float = QUANTILE
     ) -> OODCalibration:
         """Fit on the calib split's uint8 NHWC images, as the graph sees them after its resize; measure on test."""
-        stats = statistics_of(images, size).astype(np.float64)
+        stats = statistics_of(images, framing).astype(np.float64)
         mean, var = stats.mean(axis=0), np.maximum(stats.var(axis=0), VARIANCE_FLOOR)
         fitted = cls(mean.tolist(), var.tolist(), 0.0, quantile, len(images), 0.0)
-        scores = fitted.scores(images, size)
+        scores = fitted.scores(images, framing)
         # Just above a calib score, never on one: the graph's float32 score may differ from this one by an ulp.
         fitted.threshold = float(np.float32(np.quantile(scores, quantile, method="higher") * (1 + MARGIN)))
         fitted.calib_abstention_rate = fitted.abstention_rate(scores)
         if test_images is not None:
-            fitted.test_abstention_rate = fitted.abstention_rate(fitted.scores(test_images, size))
+            fitted.test_abstention_rate = fitted.abstention_rate(fitted.scores(test_images, framing))
         return fitted
 
-    def scores(self, images: np.ndarray, size: int) -> np.ndarray:
+    def scores(self, images: np.ndarray, framing: Framing) -> np.ndarray:
         """float32 scores of uint8 NHWC images of one size, through the same resize and module as the graph."""
-        return _over_batches(self.module().eval(), images, size)
+        return _over_batches(self.module().eval(), images, framing)
 
     def abstention_rate(self, scores: np.ndarray) -> float:
         """Share of inputs the rule `ood_score > threshold` abstains on, compared in float32."""
         return float(np.mean(scores.astype(np.float32) > np.float32(self.threshold)))
 
 
-def network_pixels(images: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 NHWC images as the graph feeds its network: float NCHW, resized to size x size."""
-    return resize_to_network(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), size)
+def network_pixels(images: np.ndarray, framing: Framing) -> torch.Tensor:
+    """uint8 NHWC images as the graph feeds its network: float NCHW, resized and centre-cropped by `framing`."""
+    return framing(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2))
 
 
-def statistics_of(images: np.ndarray, size: int) -> np.ndarray:
-    return _over_batches(image_statistics, images, size)
+def statistics_of(images: np.ndarray, framing: Framing) -> np.ndarray:
+    return _over_batches(image_statistics, images, framing)
 
 
 @torch.no_grad()
-def _over_batches(function, images: np.ndarray, size: int) -> np.ndarray:
+def _over_batches(function, images: np.ndarray, framing: Framing) -> np.ndarray:
     """`function` of the network pixels of `images`, a batch at a time (a calib split need not fit in memory)."""
     parts = [
-        function(network_pixels(images[start : start + BATCH], size)).numpy() for start in range(0, len(images), BATCH)
+        function(network_pixels(images[start : start + BATCH], framing)).numpy()
+        for start in range(0, len(images), BATCH)
     ]
     return np.concatenate(parts)

@@ -11,11 +11,14 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from childsafe_runtime.crop import CropConvention
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.augment import Augmentation, AugmentedBatches
 from datamodules.cache import CachedDataset, materialise
 from datamodules.preview import save_preview
 from datamodules.resumable import SAMPLERS, ResumableLoader, ResumableShuffle, balanced_weights
+from models.resize import Framing
 from tracking.errors import WorkbenchError
 
 
@@ -36,23 +39,40 @@ def pass_through(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class CachedImageDataset(Dataset):
-    """Rows of a cached dataset; fetches a whole batch in one memory-mapped slice."""
+    """Rows of a cached dataset; fetches a whole batch in one memory-mapped slice.
 
-    def __init__(self, images: np.ndarray, positions: np.ndarray, targets: np.ndarray):
+    Served at the network's input size: the centre of each cached image (models.resize.Framing), or,
+    for training keys `(row, epoch, draw position)` from `ResumableShuffle`, the augmented image.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        positions: np.ndarray,
+        targets: np.ndarray,
+        framing: Framing | None = None,
+        augment: AugmentedBatches | None = None,
+    ):
         self.images, self.positions, self.targets = images, positions, targets
+        self.framing = framing or Framing(images.shape[1], images.shape[1])
+        self.augment = augment if augment is not None and augment.draws_at_random else None
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        order = np.asarray(indices)
+    def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
+        keys = np.asarray(keys)
+        order = keys if keys.ndim == 1 else keys[:, 0]
         positions = self.positions[order]
-        pixels = torch.from_numpy(np.ascontiguousarray(self.images[positions])).permute(0, 3, 1, 2)
-        return {
-            "image": pixels.contiguous(),
-            "target": torch.from_numpy(self.targets[order]),
-            "position": torch.from_numpy(positions),
-        }
+        cached = np.asarray(self.images[positions])
+        targets = torch.from_numpy(self.targets[order])
+        if self.augment is not None and keys.ndim == 2:
+            pixels, targets = self.augment(
+                torch.from_numpy(cached).permute(0, 3, 1, 2), targets, keys[:, 1], keys[:, 2]
+            )
+        else:
+            pixels = torch.from_numpy(np.ascontiguousarray(self.framing.centre_uint8(cached))).permute(0, 3, 1, 2)
+        return {"image": pixels.contiguous(), "target": targets, "position": torch.from_numpy(positions)}
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {key: value[0] for key, value in self.__getitems__([index]).items()}
@@ -79,8 +99,12 @@ class CachedDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
         sampler: str = "shuffle",
         sampler_max_ratio: float = 10.0,
+        input_size: int | None = None,
+        augment: Augmentation | None = None,
     ):
         super().__init__()
+        self.input_size = input_size
+        self.augment = augment
         if sampler not in SAMPLERS:
             raise WorkbenchError(f"Unknown data.sampler={sampler!r}. Valid options: {list(SAMPLERS)}.")
         self.sampler, self.sampler_max_ratio = sampler, sampler_max_ratio
@@ -98,6 +122,30 @@ class CachedDataModule(L.LightningDataModule):
     def build(self) -> CachedDataset:
         raise NotImplementedError
 
+    @property
+    def cache_size(self) -> int:
+        """The side of each cached image; the network sees its centre `input_size` square."""
+        raise NotImplementedError
+
+    @property
+    def crop(self) -> CropConvention | None:
+        """How each cached image was cut from its frame (faces), or None for whole frames."""
+        return None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return None
+
+    @property
+    def framing(self) -> Framing:
+        try:
+            return Framing(self.cache_size, self.input_size or self.cache_size)
+        except ValueError as error:
+            raise WorkbenchError(
+                f"data.input_size={self.input_size} does not fit in the cached images ({self.cache_size} px): "
+                "the cache must be at least as large as the network input."
+            ) from error
+
     def load(self) -> CachedDataset:
         if self.cached is None:
             self.cached = self.build()
@@ -108,11 +156,29 @@ class CachedDataModule(L.LightningDataModule):
 
     def data_record(self) -> dict[str, Any]:
         """What the export contract and model card say about the training data."""
-        return {
+        record = {
             "name": self.dataset_name,
             "licence": self.licence,
             "digest": self.load().digest,
             "synthetic": self.synthetic,
+            "framing": self.framing.describe(),
+        }
+        if self.crop is not None:
+            record["crop"] = self.crop_record()
+        return record
+
+    def crop_record(self) -> dict[str, Any]:
+        """The face crop the cache holds, which the export contract states as `input.face_crop`."""
+        crop, framing = self.crop, self.framing
+        return {
+            "margin": crop.margin,
+            "square": crop.square,
+            "min_face_side": crop.min_face_side,
+            "size": framing.cache_size,
+            "input_size": framing.input_size,
+            "centre_offset": framing.offset,
+            "function": "childsafe_runtime.crop.crop_face",
+            "resize": "antialiased bilinear, half-pixel, rounded (models.resize.resize_uint8, as the graph)",
         }
 
     def log_provenance(self, client, run_id: str) -> None:
@@ -125,7 +191,11 @@ class CachedDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> CachedImageDataset:
         rows = self.split_manifest(split)
         dtype = np.float32 if self.task == "age" else np.int64
-        return CachedImageDataset(self.load().images, rows.index.to_numpy(), rows[self.target].to_numpy(dtype))
+        augment = None
+        if split == "train" and self.augment is not None:
+            augment = AugmentedBatches(self.augment, self.framing, self.shuffle_seed, len(self.class_names or []))
+        targets = rows[self.target].to_numpy(dtype)
+        return CachedImageDataset(self.load().images, rows.index.to_numpy(), targets, self.framing, augment)
 
     def baseline_metrics(self, split: str = "test") -> dict[str, float]:
         """What a model that ignores the image scores: the training median age, or the majority class."""
@@ -208,10 +278,19 @@ class SyntheticDataModule(CachedDataModule):
         preview_columns: tuple[str, ...],
         split_fractions: dict[str, float],
         split_seed: int = 0,
+        crop: dict[str, Any] | None = None,
         **loading: Any,
     ):
         super().__init__(cache_dir, target, preview_columns, **loading)
         self.generator = generator
+        self._crop = CropConvention(**crop) if crop is not None else None
+        drawn_at = getattr(generator, "margin", None)
+        if drawn_at is not None and (self._crop is None or drawn_at != self._crop.margin):
+            raise WorkbenchError(
+                f"data.generator.margin={drawn_at} but data.crop.margin="
+                f"{None if self._crop is None else self._crop.margin}: the faces must be drawn with the margin the "
+                "export contract will state. Set data.crop.margin (the generator follows it)."
+            )
         self.split_fractions = dict(split_fractions)
         self.split_seed = split_seed
 
@@ -226,6 +305,19 @@ class SyntheticDataModule(CachedDataModule):
     @property
     def licence(self) -> str:
         return self.generator.licence
+
+    @property
+    def cache_size(self) -> int:
+        return self.generator.image_size
+
+    @property
+    def crop(self) -> CropConvention | None:
+        """Faces are drawn as this crop would frame them (the generator's `margin`, set from `data.crop`)."""
+        return self._crop
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return list(self.generator.classes) if self.task == "content" else None
 
     def build(self) -> CachedDataset:
         return materialise(self.generator, self.cache_dir, self.split_fractions, self.split_seed, self.render_workers)

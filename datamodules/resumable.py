@@ -33,6 +33,9 @@ def balanced_weights(labels: np.ndarray, max_ratio: float = 10.0) -> np.ndarray:
 class ResumableShuffle(DistributedSampler):
     """A fresh permutation each epoch, drawn from (seed, epoch) alone, skipping what this epoch already trained.
 
+    It yields keys (row, epoch, position), not bare rows: a sample's augmentation is drawn from its key
+    (datamodules/augment.py), so an image drawn twice in an epoch is augmented twice, differently.
+
     Given `weights`, each epoch is instead `length` indices drawn with replacement by those
     probabilities (rare labels repeat, common ones are left out), from the same (seed, epoch).
 
@@ -57,14 +60,18 @@ class ResumableShuffle(DistributedSampler):
         self.batches_done = batches_done
         self.weights = weights
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        """Keys (row, epoch, position in the epoch's draw): the row to load, and what seeds its augmentation."""
         rng = np.random.default_rng([self.seed, self.epoch])
         if self.weights is None:
             order = rng.permutation(self.length)
         else:
             order = rng.choice(self.length, size=self.length, p=self.weights)
-        shard = np.resize(order, self.total_size)[self.rank :: self.num_replicas]
-        yield from shard[self.batches_done() * self.batch_size :].tolist()
+        positions = np.arange(self.total_size)[self.rank :: self.num_replicas]
+        shard = np.resize(order, self.total_size)[positions]
+        start = self.batches_done() * self.batch_size
+        for row, position in zip(shard[start:].tolist(), positions[start:].tolist(), strict=True):
+            yield row, self.epoch, position
 
     def __len__(self) -> int:
         return self.num_samples  # the full shard: Lightning counts a resumed epoch's batches from its own progress

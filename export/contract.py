@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from calibration.operating_points import COMPARISON
 from calibration.state import CalibrationState
 from models.base import IMAGENET_MEAN, IMAGENET_STD
+from models.resize import Framing
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import git_state
 
@@ -217,7 +218,9 @@ def _calibration(state: CalibrationState) -> dict[str, Any]:
     }
 
 
-def _input(state: CalibrationState, image_size: int, face_crop: CropConvention | None) -> dict[str, Any]:
+def _input(state: CalibrationState, framing: Framing, face_crop: CropConvention | None) -> dict[str, Any]:
+    cache, size, offset = framing.cache_size, framing.input_size, framing.offset
+    what = "the face crop (age)" if face_crop is not None else "the frame (content)"
     spec = {
         "name": "images",
         "dtype": "uint8",
@@ -229,7 +232,7 @@ def _input(state: CalibrationState, image_size: int, face_crop: CropConvention |
         "shape": ["batch", "height", "width", 3],
         "min_side": MIN_SIDE,
         "max_side": MAX_SIDE,
-        "network_size": image_size,
+        "network_size": size,
         "resize": {
             "in_graph": True,
             "method": "bilinear",
@@ -237,9 +240,17 @@ def _input(state: CalibrationState, image_size: int, face_crop: CropConvention |
             "coordinate_transformation": "half_pixel",
             "onnx_op": "Resize(mode=linear, antialias=1)",
             "rounding": "round half to even, clamp to [0, 255]",
-            "output_size": [image_size, image_size],
-            "note": "feed the frame (content) or the face crop (age) at its own size; the graph resizes it to "
-            f"{image_size}x{image_size} as training data was resized. Do not resize before the call.",
+            "output_size": [cache, cache],
+            "note": f"feed {what} at its own size; the graph resizes it to {cache}x{cache} as training data was "
+            "cached. Do not resize before the call.",
+        },
+        "centre_crop": {
+            "in_graph": True,
+            "size": [size, size],
+            "offset": offset,
+            "rule": f"rows and columns [{offset}, {offset + size}) of the {cache}x{cache} resized image, as "
+            "evaluation and calibration took them from the cache; training cropped at random inside it"
+            + ("" if offset else " (here the whole image: the cache has no border)"),
         },
         "normalise": {
             "in_graph": True,
@@ -255,7 +266,8 @@ def _input(state: CalibrationState, image_size: int, face_crop: CropConvention |
         },
         "in_graph": [
             "uint8 NHWC to float NCHW",
-            f"antialiased bilinear resize to {image_size}x{image_size}, rounded and clamped to [0, 255]",
+            f"antialiased bilinear resize to {cache}x{cache}, rounded and clamped to [0, 255]",
+            f"centre {size}x{size} crop at offset {offset}",
             "out-of-distribution score",
             "per-channel normalisation",
             "network",
@@ -337,7 +349,7 @@ def _runtime(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, An
 def build_contract(
     state: CalibrationState,
     model_name: str,
-    image_size: int,
+    framing: Framing,
     coverage: float,
     data: dict[str, Any],
     metrics: dict[str, Any],
@@ -359,7 +371,7 @@ def build_contract(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "mlflow_run_id": state.train_run_id,
         "git_commit": git_state()["git.commit"],
-        "input": _input(state, image_size, face_crop),
+        "input": _input(state, framing, face_crop),
         "outputs": _outputs(state, coverage),
         "labels": (
             {"classes": state.content.classes, "unsafe_classes": state.content.unsafe_classes}

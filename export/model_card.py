@@ -35,12 +35,26 @@ def _rate(record: dict[str, Any], key: str, ends: tuple[str, str] | None = None)
 
 def _input_line(contract: dict[str, Any]) -> str:
     spec = contract["input"]
-    what = "one face crop per face (see `input.face_crop`)" if contract["task"] == "age" else "whole frames"
+    crop = spec.get("face_crop")
+    what = (
+        f"one face crop per face: the detector's box grown by {crop['margin']:g} of its size on each side"
+        + (", squared" if crop["square"] else "")
+        + ", as the training data was cut (see `input.face_crop`)"
+        if crop is not None
+        else "whole frames"
+    )
+    cache, centre = spec["resize"]["output_size"][0], spec["centre_crop"]
+    framing = (
+        f", then takes the centre {spec['network_size']}x{spec['network_size']} (offset {centre['offset']}), as "
+        "evaluation did"
+        if centre["offset"]
+        else ""
+    )
     return (
-        f"- Input: {spec['dtype']} {spec['colour_order']} {spec['layout']} {what} of any size from {spec['min_side']} "
-        f"to {spec['max_side']} pixels a side. The graph itself resizes to {spec['network_size']}x"
-        f"{spec['network_size']} (antialiased bilinear, as training data was resized; checked at several frame sizes "
-        "before publishing), then normalises and calibrates: do not resize before the call."
+        f"- Input: {spec['dtype']} {spec['colour_order']} {spec['layout']} {what}, of any size from {spec['min_side']} "
+        f"to {spec['max_side']} pixels a side. The graph itself resizes to {cache}x{cache} (antialiased bilinear, "
+        f"as training data was cached; checked at several frame sizes before publishing){framing}, then normalises "
+        "and calibrates: do not resize before the call."
     )
 
 

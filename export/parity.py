@@ -74,11 +74,10 @@ def reference_outputs(
     calibration stay on CPU, so CPU results do not depend on the choice.
     """
     module.eval()
-    size = int(module.hparams.image_size)
     batches = []
     with placed_on(module, device) as target:
         for batch in _batches(images):
-            pixels = network_pixels(batch, size)
+            pixels = network_pixels(batch, module.framing)
             out = {key: value.cpu() for key, value in module(pixels.to(target)).items()}
             batches.append((out, state.ood.module()(pixels).numpy() if state.ood is not None else None))
     parts: dict[str, list[np.ndarray]] = {}

@@ -19,7 +19,7 @@ from calibration.age import AgeCalibration
 from calibration.content import ContentCalibration
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
-from models.resize import resize_to_network
+from models.resize import Framing
 
 
 class PiecewiseLinear(nn.Module):
@@ -41,13 +41,13 @@ class PiecewiseLinear(nn.Module):
 class NetworkInput(nn.Module):
     """uint8 NHWC frames of any size -> what the network was trained on, and the abstain score of that input."""
 
-    def __init__(self, image_size: int, ood: OODCalibration):
+    def __init__(self, framing: Framing, ood: OODCalibration):
         super().__init__()
-        self.image_size = image_size
+        self.framing = framing
         self.ood = ood.module()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = resize_to_network(images.permute(0, 3, 1, 2), self.image_size)
+        pixels = self.framing(images.permute(0, 3, 1, 2))
         return pixels, self.ood(pixels)
 
 
@@ -63,7 +63,7 @@ class ContentExportWrapper(nn.Module):
     ):
         super().__init__()
         self.module = copy.deepcopy(module).eval()
-        self.network_input = NetworkInput(int(module.hparams.image_size), ood)
+        self.network_input = NetworkInput(module.framing, ood)
         k = len(calibration.classes)
         weight = calibration.vector_weight or [1.0 / calibration.temperature] * k
         bias = calibration.vector_bias or [0.0] * k
@@ -105,7 +105,7 @@ class AgeExportWrapper(nn.Module):
     ):
         super().__init__()
         self.module = copy.deepcopy(module).eval()
-        self.network_input = NetworkInput(int(module.hparams.image_size), ood)
+        self.network_input = NetworkInput(module.framing, ood)
         self.register_buffer("temperature", torch.tensor(calibration.temperature, dtype=torch.float32))
         self.register_buffer("gates", torch.tensor([g.gate for g in calibration.gates], dtype=torch.float32))
         self.isotonic = nn.ModuleList(

@@ -28,8 +28,9 @@ class AgeModule(WorkbenchModule):
         max_age: int = 100,
         gates: tuple[int, ...] = (13, 16, 18),
         scheduler: str = "onecycle",
+        cache_size: int | None = None,
     ):
-        super().__init__(backbone, optimizer, image_size, scheduler)
+        super().__init__(backbone, optimizer, image_size, scheduler, cache_size)
         self.save_hyperparameters()
         head_options = {k: v for k, v in head.items() if k != "kind"}
         self.head = build_age_head(head["kind"], self.backbone.out_features, max_age, **head_options)

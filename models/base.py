@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from models.backbones import build_backbone
+from models.resize import Framing
 from tracking.errors import WorkbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -21,7 +22,12 @@ class WorkbenchModule(L.LightningModule):
     task: str
 
     def __init__(
-        self, backbone: dict[str, Any], optimizer: dict[str, Any], image_size: int, scheduler: str = "onecycle"
+        self,
+        backbone: dict[str, Any],
+        optimizer: dict[str, Any],
+        image_size: int,
+        scheduler: str = "onecycle",
+        cache_size: int | None = None,
     ):
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -30,6 +36,8 @@ class WorkbenchModule(L.LightningModule):
                 "(onecycle for training from scratch, warmup_cosine for fine-tuning a pretrained backbone)."
             )
         self.scheduler_name = scheduler
+        # image_size is the network's input; the cache may hold a border around it (models.resize.Framing).
+        self.framing = Framing(cache_size or image_size, image_size)
         self.backbone = build_backbone(backbone["name"], image_size, backbone.get("weights"))
         self.optimizer_config = dict(optimizer)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
@@ -58,8 +66,7 @@ class WorkbenchModule(L.LightningModule):
             sync_dist=True,
             batch_size=len(images),
         )
-        flip = torch.rand(images.shape[0], 1, 1, 1, device=images.device) < 0.5
-        return self.step({**batch, "image": torch.where(flip, images.flip(-1), images)}, "train")
+        return self.step(batch, "train")  # augmented in the loader (datamodules/augment.py)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.step(batch, "val")
@@ -75,19 +82,22 @@ class WorkbenchModule(L.LightningModule):
 
         Norm scales and biases are 1-D; decaying them only pulls BatchNorm/LayerNorm towards zero
         and hurts fine-tuning, so they get no weight decay (timm's rule: ndim <= 1). The from-scratch
-        demo keeps the old single-decay behaviour with `decay_norms_and_biases: true`.
+        demo keeps the old single-decay behaviour with `decay_norms_and_biases: true`. With
+        `layer_decay`, the backbone's layers are grouped by timm and each step down from the top
+        multiplies its learning rate by that factor (BEiT's layer-wise decay).
         """
         config = self.optimizer_config
         lr, decay = config["lr"], config["weight_decay"]
         lr_mult = config.get("backbone_lr_mult", 1.0)
         decay_all = config.get("decay_norms_and_biases", False)
+        layer_decay = config.get("layer_decay")
         groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, parameter in self.named_parameters():
-            if parameter.requires_grad:
+            if parameter.requires_grad and not (layer_decay and name.startswith("backbone.")):
                 in_backbone = name.startswith("backbone.")
                 decayed = decay_all or parameter.ndim > 1
                 groups.setdefault((in_backbone, decayed), []).append(parameter)
-        return [
+        listed = [
             {
                 "params": params,
                 "lr": lr * (lr_mult if in_backbone else 1.0),
@@ -96,6 +106,30 @@ class WorkbenchModule(L.LightningModule):
                 "name": ("backbone" if in_backbone else "head") + ("" if decayed else "_no_decay"),
             }
             for (in_backbone, decayed), params in groups.items()
+        ]
+        return listed + (self._layer_decay_groups(lr * lr_mult, decay, decay_all, layer_decay) if layer_decay else [])
+
+    def _layer_decay_groups(self, lr: float, decay: float, decay_all: bool, layer_decay: float) -> list[dict]:
+        """timm's BEiT-style groups over the backbone's own block structure (its `group_matcher`)."""
+        if not hasattr(self.backbone, "group_matcher"):
+            raise WorkbenchError(
+                "model.optimizer.layer_decay needs a timm backbone (model.backbone.name=timm:<name>): timm knows "
+                "the block structure of its models, torchvision's models do not say it. For a torchvision backbone "
+                "use model.optimizer.backbone_lr_mult, or set model.optimizer.layer_decay=null."
+            )
+        from timm.optim import param_groups_layer_decay
+
+        grouped = param_groups_layer_decay(
+            self.backbone, weight_decay=decay, layer_decay=layer_decay, weight_decay_exclude_1d=not decay_all
+        )
+        return [
+            {
+                "params": group["params"],
+                "lr": lr * group["lr_scale"],
+                "weight_decay": group["weight_decay"],
+                "name": f"backbone_{index}_x{group['lr_scale']:.3g}" + ("" if group["weight_decay"] else "_no_decay"),
+            }
+            for index, group in enumerate(grouped)
         ]
 
     def build_optimizer(self, total_steps: int) -> dict[str, Any]:

@@ -26,8 +26,9 @@ class ContentModule(WorkbenchModule):
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
         scheduler: str = "onecycle",
+        cache_size: int | None = None,
     ):
-        super().__init__(backbone, optimizer, image_size, scheduler)
+        super().__init__(backbone, optimizer, image_size, scheduler, cache_size)
         self.save_hyperparameters()
         n = len(classes)
         self.classifier = nn.Linear(self.backbone.out_features, n)

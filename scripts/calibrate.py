@@ -18,6 +18,7 @@ from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
 from export.parity import placed_on
 from models.predict import predict
+from models.resize import Framing
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.mlflow_run import log_metrics, stage_run
 from tracking.runs import resolve_trained_run
@@ -25,11 +26,11 @@ from tracking.runs import resolve_trained_run
 STATE_FILE = "calibration_state.json"
 
 
-def fit_ood(datamodule, image_size: int) -> OODCalibration:
+def fit_ood(datamodule, framing: Framing) -> OODCalibration:
     """The abstain score, fitted on the calib split (like every calibrator) and its abstention measured on test."""
     images = datamodule.load().images
     calib, test = (images[datamodule.split_manifest(split).index.to_numpy()] for split in ("calib", "test"))
-    return OODCalibration.fit(calib, image_size, test)
+    return OODCalibration.fit(calib, framing, test)
 
 
 def calibrate(cfg: DictConfig) -> dict[str, float]:
@@ -56,7 +57,7 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
             age=result.age,
             operating_points=result.operating_points,
             max_false_alarm_rate=settings.max_false_alarm_rate,
-            ood=fit_ood(datamodule, int(model.hparams.image_size)),
+            ood=fit_ood(datamodule, model.framing),
         )
         result.metrics |= {
             f"{split}/{trained.task}/ood_abstention_rate": getattr(state.ood, f"{split}_abstention_rate")

@@ -29,6 +29,7 @@ from export.onnx_export import embed_contract, export_onnx
 from export.parity import check_parity, check_sizes, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
+from models.resize import Framing
 from scripts.hydra_app import console, run_stage, show_metrics
 from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
@@ -129,12 +130,30 @@ def degenerate_warnings(state: CalibrationState, ceiling: float, allow: bool) ->
     return [f"published although degenerate: {message}" for message in messages]
 
 
+def face_crop_of(data: dict, framing: Framing) -> CropConvention:
+    """The contract's face crop: the one the training data was cut with, never a setting of its own."""
+    crop = data.get("crop")
+    if crop is None:
+        raise WorkbenchError(
+            "The training data's record states no face crop, so the contract could not say how a runtime must cut "
+            "faces. Age data must set data.crop (configs/data/); a run trained before the crop was recorded "
+            "must be retrained."
+        )
+    if (crop["size"], crop["input_size"]) != (framing.cache_size, framing.input_size):
+        raise WorkbenchError(
+            f"The data was cached at {crop['size']} px with a {crop['input_size']} px network input, but the model "
+            f"frames {framing.cache_size} px around {framing.input_size} px: model.image_size and model.cache_size "
+            "must follow data.input_size and data.image_size (the default interpolations do)."
+        )
+    return CropConvention(crop["margin"], crop["square"], crop["min_face_side"])
+
+
 def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, report_dir: Path) -> dict:
     """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
     state, rows, target = inputs.state, inputs.rows, inputs.target
     warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
     signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
-    image_size = int(inputs.module.hparams.image_size)
+    face_crop = face_crop_of(inputs.data, inputs.module.framing) if state.task == "age" else None
     exporter = export_onnx(inputs.wrapper, staging / "model.onnx", settings.opset)
     device = settings.get("device")  # the network's side of the parity check; the graph runs on onnxruntime's CPU
     reference = reference_outputs(inputs.module, state, inputs.images, settings.coverage, device)
@@ -149,7 +168,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     is_test = (rows["split"] == "test").to_numpy()
     quantization, shipped = None, reference  # the figures are the evaluated model's, as evaluate reports them
     if settings.quantize == "int8":
-        quantization = try_int8(staging / "model.onnx", inputs, is_test, image_size)
+        quantization = try_int8(staging / "model.onnx", inputs, is_test)
         if quantization["kept"]:
             shipped = onnx_outputs(staging / "model.onnx", inputs.images)  # INT8 ships: its own figures
     test_outputs, test_rows = {k: v[is_test] for k, v in shipped.items()}, rows[is_test]
@@ -169,14 +188,14 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     contract = build_contract(
         state,
         settings.model_name,
-        image_size,
+        inputs.module.framing,
         settings.coverage,
         inputs.data | {"test_size": int(is_test.sum())},
         metrics,
         settings.opset,
         exporter,
         OmegaConf.to_container(settings.smoothing),
-        CropConvention(**OmegaConf.to_container(settings.face_crop)) if state.task == "age" else None,
+        face_crop,
         inputs.release
         | {
             "allow_degenerate": bool(settings.allow_degenerate),
@@ -192,7 +211,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     return contract
 
 
-def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray, image_size: int) -> dict:
+def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray) -> dict:
     """Quantise next to `model`; replace it only if INT8 is faster, within tolerance and keeps every certificate."""
     int8 = model.with_name("model.int8.onnx")
     quantize(model, int8, inputs.images[~is_test])
@@ -204,7 +223,7 @@ def try_int8(model: Path, inputs: ExportInputs, is_test: np.ndarray, image_size:
         inputs.images[is_test],
         inputs.rows[inputs.target].to_numpy()[is_test],
         gates,
-        image_size,
+        inputs.module.framing.cache_size,
     )
     if verdict.kept:
         counts = recount_certificates(inputs.state, onnx_outputs(int8, inputs.images), inputs.rows)

@@ -250,6 +250,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    if model.framing != datamodule.framing:
+        raise WorkbenchError(
+            f"The model frames {model.framing.cache_size} px around a {model.framing.input_size} px input, but the "
+            f"data is cached at {datamodule.framing.cache_size} px for a {datamodule.framing.input_size} px input. "
+            "Set the sizes on the data (data.image_size or data.generator.image_size, and data.input_size): "
+            "model.image_size and model.cache_size follow them."
+        )
     try:
         datamodule.prepare_data()
         if tracker is not None and (resume is None or resume.run is None):

@@ -164,3 +164,26 @@ def content_folders(root: Path, per_folder: int = 4) -> Path:
         for i in range(per_folder):
             write_image(root / folder / f"{i:04d}.jpg", seed=500 + 50 * f + i)
     return root
+
+
+def age_manifest_with_boxes(root: Path, n: int = 40) -> Path:
+    """An AgeManifest folder (data=age_manifest): n 128x96 frames, each with a face box off-centre, and its card."""
+    rows = []
+    for i in range(n):
+        path = write_image(root / f"frames/{i:04d}.jpg", seed=3000 + i, size=128).with_suffix(".jpg")
+        Image.open(path).crop((0, 16, 128, 112)).save(path, quality=92)  # 128 wide, 96 high
+        x0, y0 = 20 + i % 30, 14 + i % 20
+        rows.append(
+            {
+                "path": f"frames/{i:04d}.jpg",
+                "age": 3 + (i * 37) % 80,
+                "subject_id": f"person-{i // 2}",
+                "box_x0": x0,
+                "box_y0": y0,
+                "box_x1": x0 + 44.5,
+                "box_y1": y0 + 51.0,
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    write_card(root / "dataset_card.yaml", ["research"], name="boxed-fixture")
+    return root

@@ -84,6 +84,18 @@ class LicensedDataModule(CachedDataModule):
     def licence(self) -> str:
         return self.card.licence
 
+    @property
+    def cache_size(self) -> int:
+        return self.settings.image_size
+
+    @property
+    def crop(self) -> CropConvention:
+        return self.settings.crop
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.settings.classes or None
+
     def build(self) -> CachedDataset:
         return ingest(
             self.adapter, self.root, self.name, self.card, self.settings, Path(self.cache_dir), self.render_workers
@@ -101,19 +113,13 @@ class LicensedDataModule(CachedDataModule):
         return json.loads((self.load().directory / "quarantine_summary.json").read_text())
 
     def data_record(self) -> dict[str, Any]:
-        crop = self.settings.crop
         return super().data_record() | {
             "intended_use": self.intended_use,
             "card": {k: v for k, v in self.card.to_dict().items() if k != "path"},
-            "crop": {
-                "margin": crop.margin,
-                "square": crop.square,
-                "size": self.settings.image_size,
-                "function": "childsafe_runtime.crop.crop_face",
-                "resize": "antialiased bilinear, half-pixel, rounded (models.resize.resize_uint8, as the graph)",
-                "without_box": "the whole image, resized to size x size",
-            },
         }
+
+    def crop_record(self) -> dict[str, Any]:
+        return super().crop_record() | {"without_box": "the whole image, resized to size x size"}
 
     def log_provenance(self, client, run_id: str) -> None:
         """Card, licence, intended use and the quarantine report go to the run beside the dataset inputs."""

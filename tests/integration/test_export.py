@@ -29,6 +29,7 @@ from calibration.state import CalibrationState
 from export.contract import KNOWN_RULES
 from export.parity import certified_positives, reference_outputs
 from models.backbones import TORCHVISION_BACKBONES
+from models.resize import Framing
 from scripts.export import (
     DegeneratePointError,
     ExportInputs,
@@ -80,13 +81,14 @@ def _certified(state: CalibrationState, module, images: np.ndarray, rows: pd.Dat
 
 def _inputs(module, state, images, rows, target, wrapper=None) -> ExportInputs:
     calib, test = (images[(rows["split"] == split).to_numpy()] for split in ("calib", "test"))
-    ood = OODCalibration.fit(calib, SIZE, test)
+    ood = OODCalibration.fit(calib, Framing(SIZE, SIZE), test)
     state = _certified(replace(state, ood=ood), module, images, rows)
     with tempfile.TemporaryDirectory() as folder:  # the data record of a real manifest file, as export makes it
         rows.to_parquet(Path(folder) / "manifest.parquet", index=False)
-        data = {"name": "random", "licence": "n/a", "synthetic": True} | manifest_record(
-            Path(folder) / "manifest.parquet"
-        )
+        data = {"name": "random", "licence": "n/a", "synthetic": True, "framing": Framing(SIZE, SIZE).describe()}
+        data |= manifest_record(Path(folder) / "manifest.parquet")
+    if target == "age":  # the crop the (stand-in) data was cut with: the contract's input.face_crop
+        data["crop"] = {"margin": 0.4, "square": True, "min_face_side": 16, "size": SIZE, "input_size": SIZE}
     release = {"debug_run": False, "max_false_alarm_rate": 1.0}
     return ExportInputs(
         module, wrapper or build_wrapper(module, state, 0.9), state, images, rows, target, data, release
@@ -104,7 +106,6 @@ def _settings(tmp_path: Path):
             "slice_attributes": ["sex"],
             "smoothing": {"method": "k_of_n", "k": 2, "n": 3, "frame_rate_hz": 5, "no_face_seconds": 2.0},
             "allow_degenerate": False,
-            "face_crop": {"margin": 0.4, "square": True, "min_face_side": 16},
             "signing": {"key": None},
         }
     )

@@ -147,3 +147,52 @@ def test_card_licence_and_crop_flow_into_the_export_contract_and_model_card(tmp_
     card = (bundle / "model_card.md").read_text()
     assert "licence UTKFace-non-commercial-research" in card
     assert "permitted uses research (this model: research)" in card
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # ingest of 1,500 boxed frames, one epoch, calibration and export: about a minute
+def test_a_non_default_crop_and_border_reach_the_contract_the_card_and_the_runtime(tmp_path, tracking_uri):
+    """Issue 16 acceptance 2: the contract's crop is the one ingest cut with, and the centre crop evaluation took."""
+    import numpy as np
+    import torch
+    from childsafe_runtime.consumer import Filter
+    from PIL import Image
+
+    from tracking.runs import resolve_trained_run
+
+    root = fixtures.age_manifest_with_boxes(tmp_path / "boxed", n=1500)
+    crop = ("data.crop.margin=0.25", "data.crop.square=false", "data.crop.min_face_side=20")
+    framing = ("data.image_size=72", "data.input_size=64", "augment=face")
+
+    def stage(name: str, *overrides: str):
+        return compose_stage(name, tmp_path, tmp_path / "cache", *overrides)
+
+    data = ("data=age_manifest", f"data.root={root}")
+    train(stage("train", "experiment=age_utkface", *data, *crop, *framing, "trainer.max_epochs=1"))
+    calibrate(stage("calibrate", "train_task=age_utkface", "calibration.age.max_minor_pass_rate=0.2"))
+    releases = f"export.release_dir={tmp_path / 'releases'}"
+    export(stage("export", "train_task=age_utkface", releases, "export.allow_degenerate=true"))
+
+    bundle = tmp_path / "releases" / "childsafe-age_utkface"
+    spec = json.loads((bundle / "contract.json").read_text())["input"]
+    face_crop = spec["face_crop"]
+    assert (face_crop["margin"], face_crop["square"], face_crop["min_face_side"]) == (0.25, False, 20)
+    assert spec["resize"]["output_size"] == [72, 72] and spec["network_size"] == 64
+    assert (spec["centre_crop"]["offset"], spec["centre_crop"]["size"]) == (4, [64, 64])
+    card = (bundle / "model_card.md").read_text()
+    assert "grown by 0.25 of its size on each side" in card and "the centre 64x64 (offset 4)" in card
+
+    # The runtime, given a frame and its box, scores what the evaluated model scores on evaluation's pixels.
+    trained = resolve_trained_run(None, None, tmp_path / "dl", train_task="age_utkface")
+    module, datamodule = trained.load_model().eval(), trained.datamodule()
+    assert module.framing.describe() == {"cache_size": 72, "input_size": 64, "offset": 4}
+    rows = datamodule.split_manifest("test").head(8)
+    pixels = datamodule.dataset("test").__getitems__(list(range(len(rows))))["image"]
+    with torch.no_grad():
+        expected = module(pixels)["expected_age"].numpy()
+    consumer = Filter(bundle)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        frame = np.asarray(Image.open(root / row["path"]).convert("RGB"))
+        box = [row["box_x0"], row["box_y0"], row["box_x1"], row["box_y1"]]
+        (face,) = consumer.decide(frame, [box])["faces"]
+        assert abs(face["outputs"]["expected_age"] - expected[i]) < 1e-3, (row["path"], face, expected[i])

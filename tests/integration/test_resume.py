@@ -25,8 +25,10 @@ from tracking.runs import RUN_CONFIG, RunRecord
 # 2 epochs, 8 steps; last.ckpt every 5 steps and after each validation. Each fault strikes in the
 # middle of the step after global step 5 (epoch 1, batch 1), after the backward pass and before the
 # optimizer step, just after the periodic save of step 5.
+# The face augmentation is on, so a resumed run must also redraw every augmentation exactly.
 RUN = (
     "experiment=age_synthetic",
+    "augment=face",
     "smoke.subjects=400",
     "trainer.max_epochs=2",
     "callbacks.step_checkpoint.every_n_train_steps=5",

@@ -28,7 +28,7 @@ def ages_module(sampler: str) -> Ages:
 def drawn_ages(sampler: str) -> np.ndarray:
     module = ages_module(sampler)
     loader = module.train_dataloader()
-    return module.dataset("train").targets[list(loader.sampler)]
+    return module.dataset("train").targets[[row for row, _, _ in loader.sampler]]  # keys (row, epoch, position)
 
 
 def test_age_balanced_oversamples_minors():

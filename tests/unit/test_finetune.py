@@ -36,6 +36,22 @@ def test_norms_and_biases_get_no_decay_and_the_backbone_its_own_lr():
     assert sorted(g["name"] for g in groups) == ["backbone", "backbone_no_decay", "head", "head_no_decay"]
 
 
+def test_layer_decay_steps_the_learning_rate_down_a_timm_backbones_blocks():
+    pytest.importorskip("timm")
+    options = {"lr": 0.01, "weight_decay": 0.05, "backbone_lr_mult": 0.5, "layer_decay": 0.5}
+    module = ContentModule({"name": "timm:test_vit"}, options, image_size=SIZE, scheduler="warmup_cosine")
+    groups = module.build_optimizer(10)["optimizer"].param_groups
+    backbone = [g for g in groups if g["name"].startswith("backbone_")]
+    rates = sorted({g["initial_lr"] for g in backbone})
+    assert len(rates) >= 3 and rates[-1] == pytest.approx(0.005)  # the top block at lr x backbone_lr_mult
+    assert all(low == pytest.approx(high * 0.5) for low, high in itertools.pairwise(rates))
+    assert {g["initial_lr"] for g in groups if g["name"].startswith("head")} == {0.01}
+    in_groups = sorted(id(p) for g in groups for p in g["params"])
+    assert in_groups == sorted(id(p) for p in module.parameters())  # every parameter, once
+    with pytest.raises(WorkbenchError, match=r"layer_decay needs a timm backbone.*backbone_lr_mult"):
+        content_module(layer_decay=0.75).build_optimizer(10)
+
+
 def test_decay_norms_and_biases_keeps_the_old_single_decay():
     groups = content_module(decay_norms_and_biases=True).build_optimizer(10)["optimizer"].param_groups
     assert {g["weight_decay"] for g in groups} == {0.05}
@@ -141,3 +157,6 @@ def test_the_finetune_experiments_compose_the_recipe_at_224_px(compose_train, ta
     assert cfg.model.scheduler == "warmup_cosine" and cfg.trainer.gradient_clip_val == 1.0
     assert cfg.callbacks.ema._target_ == "models.ema.EMAWeights"
     assert task == "age" or cfg.model.label_smoothing == 0.1
+    assert cfg.data.augment.name == ("face" if task == "age" else "content")
+    # Faces are cached with a border to crop inside; whole frames are not (their edges must be judged).
+    assert cfg.model.cache_size == (256 if task == "age" else 224)

@@ -9,10 +9,12 @@ from calibration.ood import QUANTILE, STATISTICS, OODCalibration, statistics_of
 from calibration.state import CalibrationState
 from datamodules.synthetic.content import SyntheticContent
 from datamodules.synthetic.faces import SyntheticFaces
+from models.resize import Framing
 from scripts.export import build_wrapper
 from tracking.errors import WorkbenchError
 
 SIZE = 64
+FRAMING = Framing(SIZE, SIZE)
 FRAME_SIZES = [(64, 64), (97, 131), (480, 640), (720, 1280)]
 
 
@@ -41,27 +43,27 @@ def _odd_frames(height: int, width: int) -> dict[str, np.ndarray]:
 
 def test_blank_and_noise_frames_abstain_at_every_frame_size(split):
     calib, _ = split
-    ood = OODCalibration.fit(calib, SIZE)
+    ood = OODCalibration.fit(calib, FRAMING)
     for height, width in FRAME_SIZES:
         for name, frames in _odd_frames(height, width).items():
-            scores = ood.scores(frames, SIZE)
+            scores = ood.scores(frames, FRAMING)
             assert np.all(scores > ood.threshold), f"{name} {height}x{width} scored {scores} <= {ood.threshold}"
 
 
 def test_calib_abstention_is_the_quantile_and_held_out_images_stay_near_it(split):
     calib, held_out = split
-    ood = OODCalibration.fit(calib, SIZE)
+    ood = OODCalibration.fit(calib, FRAMING)
     assert ood.quantile == QUANTILE and ood.calib_size == len(calib)
     assert 1 - QUANTILE - 1 / len(calib) - 1e-12 <= ood.calib_abstention_rate <= 1 - QUANTILE  # one image's grain
-    assert ood.calib_abstention_rate == np.mean(ood.scores(calib, SIZE) > np.float32(ood.threshold))
-    assert ood.abstention_rate(ood.scores(held_out, SIZE)) <= 0.03  # 150 new renders: at most 4 abstain
+    assert ood.calib_abstention_rate == np.mean(ood.scores(calib, FRAMING) > np.float32(ood.threshold))
+    assert ood.abstention_rate(ood.scores(held_out, FRAMING)) <= 0.03  # 150 new renders: at most 4 abstain
     assert float(np.float32(ood.threshold)) == ood.threshold
 
 
 def test_score_equals_an_independent_numpy_mahalanobis(split):
     """A second implementation of the definition the contract states, in float64."""
     calib, held_out = split
-    ood = OODCalibration.fit(calib, SIZE)
+    ood = OODCalibration.fit(calib, FRAMING)
     x = held_out[:20].astype(np.float64).transpose(0, 3, 1, 2)  # already at network size: no resize
     mean = x.mean(axis=(2, 3))
     std = x.std(axis=(2, 3))
@@ -73,16 +75,16 @@ def test_score_equals_an_independent_numpy_mahalanobis(split):
     )
     stats = np.concatenate([mean / 255, np.log1p(std), np.log1p(gradient), np.log1p(gradient) - np.log1p(std), corr], 1)
     assert stats.shape[1] == len(STATISTICS)
-    np.testing.assert_allclose(statistics_of(held_out[:20], SIZE), stats, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(statistics_of(held_out[:20], FRAMING), stats, rtol=1e-4, atol=1e-5)
     expected = np.mean((stats - np.array(ood.mean)) ** 2 / np.array(ood.var), axis=1)
-    np.testing.assert_allclose(ood.scores(held_out[:20], SIZE), expected, rtol=1e-4)
+    np.testing.assert_allclose(ood.scores(held_out[:20], FRAMING), expected, rtol=1e-4)
 
 
 def test_the_fit_survives_the_calibration_state_and_an_old_state_is_refused_at_export(split):
     calib, held_out = split
-    ood = OODCalibration.fit(calib, SIZE, held_out)
+    ood = OODCalibration.fit(calib, FRAMING, held_out)
     state = CalibrationState("content", None, "x.ckpt", 0.95, ood=ood)
     assert CalibrationState.from_json(state.to_json()).ood == ood
-    assert ood.test_abstention_rate == ood.abstention_rate(ood.scores(held_out, SIZE))
+    assert ood.test_abstention_rate == ood.abstention_rate(ood.scores(held_out, FRAMING))
     with pytest.raises(WorkbenchError, match=r"no out-of-distribution fit.*Re-run `childsafe calibrate`"):
         build_wrapper(None, CalibrationState("content", None, "x.ckpt", 0.95), 0.9)

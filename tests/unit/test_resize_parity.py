@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from export_cases import SIZE, content_case, data
 
-import export.wrapper
 from calibration.ood import OODCalibration
 from export.onnx_export import ExportError, check_antialiased_resize, export_onnx
 from export.parity import FRAMES_PER_SIZE, ParityReport, check_sizes, frames_at
+from models.resize import Framing
 from scripts.export import build_wrapper
 
 REQUIRED_SIZES = {"97x131", "480x640", "720x1280"}
@@ -25,13 +25,20 @@ def case():
     module, state, target = content_case("small_cnn", "temperature")
     images, rows = data(target)
     calib = images[(rows["split"] == "calib").to_numpy()]
-    return module, replace(state, ood=OODCalibration.fit(calib, SIZE)), calib
+    return module, replace(state, ood=OODCalibration.fit(calib, Framing(SIZE, SIZE))), calib
 
 
 def _plain_resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """A bilinear shrink without antialiasing: what a runtime that resizes frames itself typically does."""
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False)
     return resized.round().clamp(0.0, 255.0)
+
+
+def _wrapper_resizing_with(resize, module, state):
+    """The export wrapper with its in-graph resize replaced (no border here, so the framing is the resize)."""
+    wrapper = build_wrapper(module, state, 0.9)
+    wrapper.network_input.framing = lambda images: resize(images, SIZE)
+    return wrapper
 
 
 def _sizes_report(module, state, calib, model) -> ParityReport:
@@ -54,10 +61,9 @@ def test_the_graph_equals_resize_then_model_at_every_size(case, tmp_path):
 
 def test_a_plain_non_antialiased_resize_is_refused_at_export_and_by_the_parity_gate(case, tmp_path, monkeypatch):
     module, state, calib = case
-    monkeypatch.setattr(export.wrapper, "resize_to_network", _plain_resize)
     monkeypatch.setattr("export.onnx_export.check_antialiased_resize", lambda *_: None)  # to reach the parity gate
     model = tmp_path / "model.onnx"
-    export_onnx(build_wrapper(module, state, 0.9), model, 18)
+    export_onnx(_wrapper_resizing_with(_plain_resize, module, state), model, 18)
     with pytest.raises(ExportError, match=r"no Resize\(mode=linear, antialias=1\)"):
         check_antialiased_resize(onnx.load(str(model)), model)
     report = _sizes_report(module, state, calib, model)
@@ -65,11 +71,10 @@ def test_a_plain_non_antialiased_resize_is_refused_at_export_and_by_the_parity_g
     assert not any(f.startswith("frames of 64x64") for f in report.failures)  # the identity size agrees
 
 
-def test_a_graph_without_the_resize_is_caught(case, tmp_path, monkeypatch):
+def test_a_graph_without_the_resize_is_caught(case, tmp_path):
     """A v1-style graph fixed at the network size: every other frame size fails the gate by name."""
     module, state, calib = case
-    monkeypatch.setattr(export.wrapper, "resize_to_network", lambda images, size: images.float())
-    wrapper = build_wrapper(module, state, 0.9).eval()
+    wrapper = _wrapper_resizing_with(lambda images, size: images.float(), module, state).eval()
     model = tmp_path / "model.onnx"
     example = torch.zeros(FRAMES_PER_SIZE, SIZE, SIZE, 3, dtype=torch.uint8)
     names = {"input_names": ["images"], "output_names": list(wrapper.output_names)}
