@@ -20,7 +20,11 @@ def _caption(row: pd.Series, columns: tuple[str, ...]) -> str:
 def save_preview(
     images: np.ndarray, manifest: pd.DataFrame, columns: tuple[str, ...], path: Path, count: int = 32, per_row: int = 8
 ) -> Path:
-    """Write the first `count` rows of `manifest` as tiles captioned with `columns`."""
+    """Write the first `count` rows of `manifest` as tiles captioned with those of `columns` it has.
+
+    Optional columns of a format (an age manifest's `sex`, say) may be absent from a dataset.
+    """
+    columns = tuple(c for c in columns if c in manifest.columns)
     rows = manifest.head(count)
     n_rows = -(-len(rows) // per_row)
     sheet = Image.new("RGB", (per_row * TILE, n_rows * (TILE + CAPTION)), "white")

@@ -35,6 +35,13 @@ BATCH = 256
 # side the contract allows, the network's own size (the identity) and a portrait frame.
 PARITY_SIZES = ((97, 131), (480, 640), (720, 1280), (16, 16), (64, 64), (300, 200))
 FRAMES_PER_SIZE = 4
+# Frames of other sizes pass through two resize implementations (torch's and onnxruntime's antialias
+# filters), which round a few values the other way: measured 2 and 4 of 49,152 off by one grey level
+# at 97x131 and 480x640, none at the identity size. One such pixel moves an untrained ResNet-50
+# regression head by about 0.01 years, so outputs at those sizes get 10x the tolerances (0.1 years,
+# 1e-3 in probability); decisions must still agree outside the band. A plain, aliasing resize moves
+# them by up to 1.9 years and 0.30 in P(age < T), far beyond (tests/unit/test_resize_parity.py).
+RESIZED_FRAME_TOLERANCE_SCALE = 10.0
 FRAME_NOISE = 12  # +/- grey levels of deterministic sensor-like noise, so a plain (aliasing) resize shows
 
 
@@ -176,16 +183,20 @@ def _tolerance(name: str, expected: np.ndarray) -> np.ndarray | float:
 
 
 def compare_outputs(
-    state: CalibrationState, reference: dict[str, np.ndarray], exported: dict[str, np.ndarray], where: str = ""
+    state: CalibrationState,
+    reference: dict[str, np.ndarray],
+    exported: dict[str, np.ndarray],
+    where: str = "",
+    tolerance_scale: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, int], list[str]]:
-    """Each output within its tolerance, and decisions equal wherever the score is outside the ε-band."""
+    """Each output within its tolerance (times `tolerance_scale`), and decisions equal outside the ε-band."""
     max_abs_diff, disagreements, failures = {}, {}, []
     for name, expected in reference.items():
         if name == "scores":
             continue
         gap = np.abs(exported[name].astype(np.float64) - expected)
         max_abs_diff[name] = float(gap.max()) if gap.size else 0.0
-        tolerance = _tolerance(name, expected)
+        tolerance = _tolerance(name, expected) * tolerance_scale
         if not np.all(gap <= tolerance):
             failures.append(
                 f"{where}output '{name}' differs by up to {max_abs_diff[name]:.3g} (tolerance {np.max(tolerance):g})"
@@ -268,6 +279,7 @@ def check_sizes(
             report.failures.append(f"frames of {label}: the graph refused them ({type(error).__name__}: {error})")
             continue
         reference = reference_outputs(module, state, frames, coverage, device)
-        diffs, disagreements, failures = compare_outputs(state, reference, exported, f"frames of {label}: ")
+        scale = 1.0 if frames.shape[1:3] == images.shape[1:3] else RESIZED_FRAME_TOLERANCE_SCALE
+        diffs, disagreements, failures = compare_outputs(state, reference, exported, f"frames of {label}: ", scale)
         report.sizes[label] = {"frames": len(frames), "max_abs_diff": diffs, "decision_disagreements": disagreements}
         report.failures += failures

@@ -183,7 +183,7 @@ def test_a_non_default_crop_and_border_reach_the_contract_the_card_and_the_runti
     assert "grown by 0.25 of its size on each side" in card and "the centre 64x64 (offset 4)" in card
 
     # The runtime, given a frame and its box, scores what the evaluated model scores on evaluation's pixels.
-    trained = resolve_trained_run(None, None, tmp_path / "dl", train_task="age_utkface")
+    trained = resolve_trained_run("latest", None, tmp_path / "dl", train_task="age_utkface")
     module, datamodule = trained.load_model().eval(), trained.datamodule()
     assert module.framing.describe() == {"cache_size": 72, "input_size": 64, "offset": 4}
     rows = datamodule.split_manifest("test").head(8)

@@ -306,3 +306,13 @@ def test_a_card_field_of_the_wrong_kind_names_the_card_and_the_field(tmp_path):
     card = fixtures.write_card(tmp_path / "card.yaml", ["resale"])
     with pytest.raises(WorkbenchError, match=r"field permitted_uses\.0: 'resale' is not one of"):
         load_card(card)
+
+
+def test_the_preview_captions_the_columns_a_dataset_has(tmp_path):
+    """An age manifest without the optional `sex` column still gets its preview (it used to raise KeyError)."""
+    from datamodules.preview import TILE, save_preview
+
+    manifest = pd.DataFrame({"age": [7.0, 30.0], "split": ["train", "train"]})
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    path = save_preview(images, manifest, ("age", "sex", "split", "subject_id"), tmp_path / "preview.png")
+    assert Image.open(path).size == (8 * TILE, TILE + 28)
