@@ -105,11 +105,22 @@ def write_report(
     metrics: dict[str, Estimate],
     sections: dict[str, pd.DataFrame],
     figures: dict[str, str],
+    verdict: str | None = None,
+    scorecard: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
-    """Write `<path>.html` and `<path>.md`; returns both paths."""
+    """Write `<path>.html` and `<path>.md`; returns both paths. The verdict and scorecard lead, when given."""
     metric_rows = pd.DataFrame({"metric": list(metrics), "estimate (95% CI)": [m.text() for m in metrics.values()]})
+    lead = []
+    if verdict is not None:
+        colour = "#1a7f37" if verdict.startswith("PASS") else "#cf222e"
+        lead.append(
+            f'<p id="verdict" style="font-size:1.2em;color:{colour}"><strong>{html.escape(verdict)}</strong></p>'
+        )
+    if scorecard is not None:
+        lead += ["<h2>Safety scorecard</h2>", _table_html(scorecard)]
     body = [
         f"<h1>{html.escape(title)}</h1>",
+        *lead,
         "<ul>",
         *[f"<li>{html.escape(c)}</li>" for c in context],
         "</ul>",
@@ -136,7 +147,12 @@ def write_report(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style>{check}</head><body>{''.join(body)}</body></html>"
     )
-    markdown = [f"# {title}", "", *[f"- {c}" for c in context], "", "| metric | estimate (95% CI) |", "|---|---|"]
+    markdown = [f"# {title}", ""]
+    if verdict is not None:
+        markdown += [f"**{verdict}**", ""]
+    if scorecard is not None:
+        markdown += ["## Safety scorecard", "", scorecard.to_markdown(index=False), ""]
+    markdown += [*[f"- {c}" for c in context], "", "| metric | estimate (95% CI) |", "|---|---|"]
     markdown += [f"| {name} | {estimate.text()} |" for name, estimate in metrics.items()]
     for name, frame in sections.items():
         markdown += ["", f"## {name}", "", frame.to_markdown(index=False) if len(frame) else "(empty)"]

@@ -20,7 +20,7 @@ from export.parity import placed_on
 from models.predict import predict
 from models.resize import Framing
 from scripts.hydra_app import run_stage, show_metrics
-from tracking.mlflow_run import log_metrics, stage_run
+from tracking.mlflow_run import append_description, log_metrics, run_link, stage_run
 from tracking.runs import resolve_trained_run
 
 STATE_FILE = "calibration_state.json"
@@ -71,6 +71,10 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
         client.log_artifact(run_id, str(table), "calibration")
         for figure in result.figures:
             client.log_artifact(run_id, str(figure), "figures")
+        if trained.run_id:
+            certified = sum(p.miss_rate_upper_bound <= p.target_max_miss_rate for p in state.operating_points)
+            line = f"{certified} of {len(state.operating_points)} operating points certified on calib"
+            append_description(client, trained.run_id, f"- calibrate: [run]({run_link(client, run_id)}), {line}")
     show_metrics(
         result.metrics,
         f"calibration of {trained.task}",

@@ -22,12 +22,13 @@ from evaluation.age import age_metrics, interval_coverage, mae, minor_pass_rate
 from evaluation.content import accuracy, content_metrics, point_outcomes, point_recall, protected
 from evaluation.fairness import disparity_ratio, fairness_table
 from evaluation.robustness import PERTURBATIONS
+from evaluation.scorecard import scorecard, verdict_line
 from evaluation.stats import not_measurable, proportion
 from export.parity import reference_outputs
 from scripts.export import load_calibration
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import log_metrics, stage_run
+from tracking.mlflow_run import DESCRIPTION_TAG, append_description, log_metrics, run_link, stage_run
 from tracking.runs import resolve_trained_run
 
 
@@ -170,8 +171,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         "Flagged slices": flagged.drop(columns=["value_num", "low", "high"]),
         "Robustness (fixed severities)": robustness,
     }
+    card = scorecard(state) if calibrated else None
+    verdict = verdict_line(card) if card is not None else None
     html_path, md_path = report.write_report(
-        output_dir / "report", f"Evaluation: {trained.task} model", context, metrics, sections, figures
+        output_dir / "report", f"Evaluation: {trained.task} model", context, metrics, sections, figures, verdict, card
     )
     prefix = f"{cfg.split}/{state.task}"
     numbers, unmeasured = {}, {}
@@ -196,12 +199,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             output_dir / "robustness.csv",
         ):
             client.log_artifact(mlflow_run, str(artefact), "evaluation")
+        describe_evaluation(client, mlflow_run, trained.run_id, calibration_run, card, verdict, html_path.name)
     show_metrics(
         {k: v for k, v in numbers.items() if "/challenge" not in k and "_ci_" not in k},
         f"evaluation of {state.task} on {cfg.split}",
         {"report": str(html_path), "flagged slices": str(len(flagged)), "mlflow run": mlflow_run},
     )
     return numbers
+
+
+def describe_evaluation(
+    client, run_id: str, train_run_id: str | None, calibration_run: str | None, card, verdict: str | None, report: str
+) -> None:
+    """The scorecard as an MLflow table, the verdict as the run's description, and a line on the train run."""
+    report_link = f"[the report]({run_link(client, run_id, f'evaluation/{report}')})"
+    lines = [f"**Safety verdict: {verdict}**" if verdict else "**Uncalibrated evaluation: no safety verdict.**", ""]
+    if card is not None:
+        client.log_table(run_id, data=card, artifact_file="evaluation/scorecard.json")
+        lines.append(f"Scorecard: `evaluation/scorecard.json` (one row per operating point); {report_link}.")
+    else:
+        lines.append(f"See {report_link}.")
+    if train_run_id:
+        lines.append(f"Model: [train run]({run_link(client, train_run_id)}).")
+        summary = verdict or "uncalibrated"
+        append_description(client, train_run_id, f"- evaluate: [run]({run_link(client, run_id)}), {summary}")
+    if calibration_run:
+        lines.append(f"Calibration: [calibrate run]({run_link(client, calibration_run)}).")
+    client.set_tag(run_id, DESCRIPTION_TAG, "\n".join(lines))
 
 
 def _per_rows(frame: pd.DataFrame, state: CalibrationState):

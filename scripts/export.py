@@ -32,7 +32,7 @@ from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from models.resize import Framing
 from scripts.hydra_app import console, run_stage, show_metrics
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import log_metrics, stage_run
+from tracking.mlflow_run import append_description, log_metrics, run_link, stage_run
 from tracking.registry import register_bundle
 from tracking.runs import latest_run, resolve_trained_run
 
@@ -301,6 +301,10 @@ def export(cfg: DictConfig) -> dict[str, float]:
         log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(bundle), "bundle")
         version = register_bundle(run_id, bundle, contract, cfg.export.model_name) if cfg.export.register else None
+        if trained.run_id:
+            registered = f", registered as {cfg.export.model_name} version {version}" if version else ""
+            line = f"- export: [run]({run_link(client, run_id)}), bundle `{bundle.name}`{registered}"
+            append_description(client, trained.run_id, line)
     show_metrics(
         metrics,
         f"export of {state.task}",

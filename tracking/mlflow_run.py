@@ -224,3 +224,24 @@ def log_metrics(
     tags = [RunTag(f"{NOT_LOGGED}{key}", reason or "not measurable") for key, reason in reasons.items()]
     for start in range(0, len(tags), 100):  # MLflow's limit on tags per batch
         client.log_batch(run_id, tags=tags[start : start + 100])
+
+
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows, and edits, as a run's description
+
+
+def run_link(client, run_id: str, artifact: str | None = None) -> str:
+    """A markdown target for a run (or one of its artefacts) in the MLflow UI.
+
+    Absolute when the tracking URI is a server; otherwise the UI's own hash route, which works from
+    inside the UI serving this store (`mlflow ui --backend-store-uri ...`).
+    """
+    experiment = client.get_run(run_id).info.experiment_id
+    route = f"#/experiments/{experiment}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    uri = default_tracking_uri()
+    return (uri.rstrip("/") + "/" + route) if uri.startswith(("http://", "https://")) else route
+
+
+def append_description(client, run_id: str, line: str) -> None:
+    """Add a markdown line to a run's description (the train run lists its stages' runs as they finish)."""
+    current = client.get_run(run_id).data.tags.get(DESCRIPTION_TAG, "").rstrip()
+    client.set_tag(run_id, DESCRIPTION_TAG, f"{current}\n{line}".lstrip("\n"))

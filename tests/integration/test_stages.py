@@ -195,6 +195,22 @@ def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_c
         "evaluation/report.html",
         "evaluation/predictions.parquet",
     }
+    # The reviewer's view: the verdict leads the description and the report, the scorecard is a table,
+    # and the train run's description links its calibrate and evaluate runs.
+    evaluated = runs[0]
+    description = evaluated.data.tags["mlflow.note.content"]
+    assert description.startswith(("**Safety verdict: PASS", "**Safety verdict: FAIL"))
+    assert f"runs/{evaluated.info.run_id}/artifacts/evaluation/report.html" in description
+    table = Path(client.download_artifacts(evaluated.info.run_id, "evaluation/scorecard.json", str(root / "dl")))
+    logged = json.loads(table.read_text())  # mlflow.log_table's format: {"columns": [...], "data": [rows]}
+    card = pd.DataFrame(logged["data"], columns=logged["columns"])
+    assert list(card["operating point"]) == ["gate13", "gate16", "gate18"] and set(card["verdict"]) <= {"PASS", "FAIL"}
+    assert html.index('id="verdict"') < html.index("Safety scorecard") < html.index("Headline metrics")
+    train_run = client.get_run(evaluated.data.tags["lineage.parent_run_id"]).data.tags["lineage.parent_run_id"]
+    train_description = client.get_run(train_run).data.tags["mlflow.note.content"]
+    assert "- calibrate: [run](#/experiments/" in train_description
+    evaluate_link = f"#/experiments/{evaluated.info.experiment_id}/runs/{evaluated.info.run_id}"
+    assert f"- evaluate: [run]({evaluate_link})" in train_description
 
 
 def test_evaluate_a_missing_split_is_named(trained, shared_cache):

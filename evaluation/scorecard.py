@@ -1,0 +1,81 @@
+"""The safety scorecard: one row per operating point, its target, what test measured, and a verdict.
+
+It is what a reviewer reads first, on the evaluate run (an MLflow table and the run's description)
+and at the top of the report. A point PASSES when its calib certificate meets the target (the bound
+export ships), it is not degenerate, and the test split's miss rate is within the target too; the
+test interval is shown beside it, so a pass on a small test split reads as the estimate it is.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from calibration.operating_points import OperatingPoint
+from calibration.state import CalibrationState
+
+PASS, FAIL = "PASS", "FAIL"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _interval(test: dict, key: str) -> str:
+    low, high = test.get(f"{key}_ci_low"), test.get(f"{key}_ci_high")
+    return f"{_pct(test.get(key))} [{_pct(low)}, {_pct(high)}]" if low is not None else _pct(test.get(key))
+
+
+def _near_gate(point: OperatingPoint) -> str:
+    years = point.test.get("near_gate", [])
+    return "; ".join(f"age {y['age']}: {y['hits']}/{y['units']} ({_pct(y['rate'])})" for y in years) or "-"
+
+
+def _verdict(point: OperatingPoint) -> tuple[str, str]:
+    target, test_rate = point.target_max_miss_rate, point.test.get("miss_rate")
+    if point.miss_rate_upper_bound > target:
+        return FAIL, f"calib bound {_pct(point.miss_rate_upper_bound)} exceeds the target {_pct(target)}"
+    if point.degenerate:
+        return FAIL, f"degenerate: flags {_pct(point.false_alarm_rate)} of calib negatives"
+    if test_rate is None:
+        return FAIL, "not measured on test"
+    if test_rate > target:
+        return FAIL, f"test miss rate {_pct(test_rate)} exceeds the target {_pct(target)}"
+    return PASS, "certified on calib and within the target on test"
+
+
+def scorecard(state: CalibrationState) -> pd.DataFrame:
+    """One row per operating point; rates in percent as text, so the MLflow table reads as the report does."""
+    rows = []
+    for point in state.operating_points:
+        verdict, reason = _verdict(point)
+        protects = f"people under {point.gate:g}" if point.target == "minor" else f"'{point.target}' {point.unit}"
+        rows.append(
+            {
+                "operating point": point.name,
+                "protects": protects,
+                "target: max miss rate": _pct(point.target_max_miss_rate),
+                f"calib bound ({point.confidence:.0%} confidence)": _pct(point.miss_rate_upper_bound),
+                f"test miss rate per {point.unit.rstrip('s')} [95% CI]": _interval(point.test, "miss_rate"),
+                "test false-alarm rate per image [95% CI]": _interval(point.test, "false_alarm_rate"),
+                "precision at base rate": (
+                    f"{point.test['precision_at_base_rate']:.3f} at {_pct(point.test.get('base_rate'))}"
+                    if point.test.get("precision_at_base_rate") is not None
+                    else "n/a"
+                ),
+                "near-gate pass rates (test)": _near_gate(point),
+                "verdict": verdict,
+                "why": reason,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def verdict_line(card: pd.DataFrame) -> str:
+    """The decision in one line: PASS when every point passes, else which failed and why."""
+    failed = card[card["verdict"] == FAIL]
+    if card.empty:
+        return f"{FAIL}: no operating point was calibrated"
+    if failed.empty:
+        return f"{PASS}: all {len(card)} operating points certified on calib and within their targets on test"
+    reasons = "; ".join(f"{row['operating point']}: {row['why']}" for _, row in failed.iterrows())
+    return f"{FAIL}: {len(failed)} of {len(card)} operating points fail ({reasons})"
