@@ -205,19 +205,26 @@ def stopped(error: BaseException, reason: str | None, output_dir: Path) -> BaseE
     return error
 
 
-def fit_and_test(cfg: DictConfig, trainer: L.Trainer, model, datamodule, resume: ResumePoint | None):
-    """Fit (from the resume point, if any), then test the best checkpoint; the metrics of both."""
+def fit_and_test(
+    cfg: DictConfig, trainer: L.Trainer, model, datamodule, resume: ResumePoint | None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Fit (from the resume point, if any), then test the best checkpoint.
+
+    Returns every metric, and those Lightning did not log itself (the fit time, the baseline and
+    the data's figures): only these are logged afterwards, so no key is logged twice.
+    """
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume.checkpoint) if resume else None)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    metrics[f"train/{model.task}/fit_seconds"] = time.perf_counter() - started
     if interruption_reason(trainer, None):
         raise KeyboardInterrupt  # a Ctrl-C after the last training step (in the last validation): stop, untested
+    unlogged = {f"train/{model.task}/fit_seconds": time.perf_counter() - started}
     if cfg.test:
         trainer.test(model, datamodule=datamodule, ckpt_path="best")
         metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
-        metrics |= datamodule.baseline_metrics("test")
-    return metrics | datamodule.data_metrics()
+        unlogged |= datamodule.baseline_metrics("test")
+    unlogged |= datamodule.data_metrics()
+    return metrics | unlogged, unlogged
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -263,7 +270,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             record_origin(logger, cfg, datamodule, run_dir)
         elif tracker is not None and resume.config_changes:
             tracker.experiment.log_artifact(logger.run_id, str(run_dir / RUN_CONFIG), "config")
-        metrics = fit_and_test(cfg, trainer, model, datamodule, resume)
+        metrics, unlogged = fit_and_test(cfg, trainer, model, datamodule, resume)
     except IngestRefused as refusal:
         record_refusal(tracker, refusal)
         if record is not None:
@@ -279,7 +286,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     best = trainer.checkpoint_callback.best_model_path
     if tracker is not None:
-        logger.log_metrics({k: v for k, v in metrics.items() if k.startswith(("test/", "data/", "train/"))})
+        logger.log_metrics(unlogged, step=trainer.global_step)  # at the last step, never again at step 0
         if best:
             logger.experiment.log_artifact(logger.run_id, best, "checkpoints")
         logger.experiment.set_terminated(logger.run_id, "FINISHED")

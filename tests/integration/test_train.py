@@ -87,6 +87,14 @@ def test_content_smoke_trains_in_process(compose_train, tracking_uri):
         assert key in run.data.metrics, key
     assert "test/content/ece" not in run.data.metrics  # uncalibrated: never named like evaluate's calibrated ECE
     assert run.data.params["data.generator.flip_prob"] == "0.08"
+    # Tidy histories: each key logged once per step, in step order, never re-logged at step 0 at the end,
+    # and test figures (Lightning's own, and the baseline) logged exactly once.
+    client = MlflowClient(tracking_uri)
+    for key in set(run.data.metrics) - {"epoch"}:  # Lightning logs `epoch` beside every other key
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert steps == sorted(steps) and len(steps) == len(set(steps)), (key, steps)
+        if key.startswith("test/"):
+            assert len(steps) == 1 and steps[0] > 0, (key, steps)
 
 
 @pytest.mark.parametrize("head", ["regression", "corn"])
