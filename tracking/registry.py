@@ -171,7 +171,8 @@ class Figure:
     tolerance: str  # its key under `tolerances` in configs/promote.yaml
 
 
-def _figures(record: dict[str, Any]) -> dict[str, Figure]:
+def figures(record: dict[str, Any]) -> dict[str, Figure]:
+    """The figures promotion holds a version to, by criterion; `childsafe compare` judges evaluate runs on the same."""
     name = record["headline"]["name"]
     figures = {f"headline {name}": Figure(record["headline"]["value"], name == "mae", name)}
     for point, values in record["points"].items():
@@ -203,6 +204,11 @@ class Comparison:
         return f"{self.criterion} is worse: {new} against the champion's {old} ({self.rule})"
 
 
+def worsening(new: Figure, old: Figure) -> float:
+    """How much worse `new` is than `old` in the figure's own direction (negative: better); both values measured."""
+    return new.value - old.value if new.higher_is_worse else old.value - new.value
+
+
 def _compare(criterion: str, new: Figure | None, old: Figure | None, tolerances: dict[str, float]) -> Comparison:
     if new is None:
         return Comparison(
@@ -220,7 +226,7 @@ def _compare(criterion: str, new: Figure | None, old: Figure | None, tolerances:
             criterion, new.value, old.value, True, f"not measured for the {side}, so it cannot be shown not worse"
         )
     tolerance = tolerances[new.tolerance]
-    change = new.value - old.value if new.higher_is_worse else old.value - new.value
+    change = worsening(new, old)
     direction = "higher" if new.higher_is_worse else "lower"
     rule = f"{direction} is worse, tolerance tolerances.{new.tolerance}={tolerance:g}"
     return Comparison(criterion, new.value, old.value, change > tolerance, rule)
@@ -230,7 +236,7 @@ def compare_versions(
     candidate: dict[str, Any], champion: dict[str, Any], tolerances: dict[str, float]
 ) -> list[Comparison]:
     """Every figure the champion is held to, and any the candidate adds, each judged in its own direction."""
-    new, old = _figures(candidate), _figures(champion)
+    new, old = figures(candidate), figures(champion)
     criteria = [*old, *(criterion for criterion in new if criterion not in old)]
     return [_compare(criterion, new.get(criterion), old.get(criterion), tolerances) for criterion in criteria]
 
