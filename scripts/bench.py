@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -348,7 +348,8 @@ def bench(cfg: DictConfig) -> dict[str, float]:
     output = Path(cfg.paths.output_dir) / "benchmark.md"
     output.write_text(table + "\n")
     print(table)
-    with stage_run("bench", None, str(cfg.task_name), "bench") as (client, run_id):
+    task = get_class(cfg.model._target_).task  # age or content, as every stage tags it
+    with stage_run("bench", None, task, str(cfg.train_task)) as (client, run_id):
         log_metrics(client, run_id, figures)
         client.log_artifact(run_id, str(output), "bench")
     if cfg.docs_file:

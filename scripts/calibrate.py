@@ -43,7 +43,7 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
 
     figures_dir = output_dir / "figures"
     settings, manifest = cfg.calibration, datamodule.load().manifest
-    with stage_run("calibrate", trained.run_id, trained.task, f"calibrate-{trained.task}") as (client, run_id):
+    with stage_run("calibrate", trained.run_id, trained.task, trained.experiment) as (client, run_id):
         if trained.task == "content":
             result = calibrate_content(calib, test, manifest, list(model.hparams.classes), settings, figures_dir)
         else:

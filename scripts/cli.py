@@ -23,7 +23,7 @@ STAGES = {
     "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
     "calibrate": ("scripts.calibrate", "calibrate a trained run on its calib split, choose certified operating points"),
     "evaluate": ("scripts.evaluate", "metrics, gate analysis, fairness slices, robustness and an HTML report"),
-    "compare": ("scripts.compare", "side-by-side metrics of MLflow runs with deltas: childsafe compare RUN_A RUN_B"),
+    "compare": ("scripts.compare", "judge two evaluated models: childsafe compare MODEL@champion MODEL@candidate"),
     "export": ("scripts.export", "export a calibrated run as an ONNX bundle, behind the parity gate"),
     "promote": ("scripts.promote", "move the registry's champion to the candidate if no safety gate got worse"),
     "keys": (

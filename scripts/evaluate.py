@@ -186,7 +186,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         else:
             unmeasured[f"{prefix}/{name}"] = estimate.reason
     numbers[f"{prefix}/fairness/flagged_slices"] = float(len(flagged))
-    with stage_run("evaluate", calibration_run or trained.run_id, state.task, f"evaluate-{state.task}") as (
+    with stage_run("evaluate", calibration_run or trained.run_id, state.task, trained.experiment) as (
         client,
         mlflow_run,
     ):

@@ -290,7 +290,7 @@ def export(cfg: DictConfig) -> dict[str, float]:
         data,
         release_record(trained.config, state),
     )
-    with stage_run("export", calibration_run or trained.run_id, state.task, f"export-{state.task}") as (client, run_id):
+    with stage_run("export", calibration_run or trained.run_id, state.task, trained.experiment) as (client, run_id):
         bundle, contract = publish_bundle(cfg.export, inputs, output_dir)
         metrics = {
             f"export/{state.task}/parity_max_abs_diff/{k}": v

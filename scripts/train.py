@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -103,7 +103,9 @@ def build_logger(cfg: DictConfig, resume: ResumePoint | None) -> MLFlowLogger | 
     uri = default_tracking_uri()
     check_tracking_uri(uri)
     ensure_experiment(uri, cfg.logger.mlflow.experiment_name)  # the logger then finds it, never races to create it
-    tags = origin_tags() | {"task": cfg.task_name, "stage": "train"} | sweep_tags()
+    # `task` is age or content on every stage's run; `experiment` names the training experiment.
+    tags = origin_tags() | {"task": get_class(cfg.model._target_).task, "experiment": cfg.task_name, "stage": "train"}
+    tags |= sweep_tags()
     if resume is not None and resume.run is None:
         tags["resumed_from.checkpoint"] = str(resume.checkpoint)
     logger = instantiate(

@@ -175,8 +175,12 @@ def ensure_experiment(uri: str, name: str) -> str:
 
 
 @contextmanager
-def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -> Iterator[tuple[Any, str]]:
-    """An MLflow run for a stage after training, nested under the run it read; FAILED if the stage raises."""
+def stage_run(stage: str, parent_run_id: str | None, task: str, experiment: str) -> Iterator[tuple[Any, str]]:
+    """An MLflow run for a stage after training, nested under the run it read; FAILED if the stage raises.
+
+    Tagged like the train run (`task` age or content, `experiment` the training experiment) and named
+    `<stage>-<experiment>-<time>`, so two pipelines' runs differ in compare views and chart legends.
+    """
     from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -187,7 +191,8 @@ def stage_run(stage: str, parent_run_id: str | None, task: str, run_name: str) -
         experiment_id = client.get_run(parent_run_id).info.experiment_id
     else:
         experiment_id = ensure_experiment(uri, f"childsafe-{stage}")
-    tags = origin_tags() | {"stage": stage, "task": task, MLFLOW_RUN_NAME: run_name}
+    run_name = f"{stage}-{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = origin_tags() | {"stage": stage, "task": task, "experiment": experiment, MLFLOW_RUN_NAME: run_name}
     if parent_run_id:
         tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "lineage.parent_run_id": parent_run_id}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id

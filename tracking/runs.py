@@ -202,6 +202,11 @@ class TrainedRun:
     def task(self) -> str:
         return get_class(self.config.model._target_).task
 
+    @property
+    def experiment(self) -> str:
+        """The training experiment (its task_name, e.g. age_synthetic), which names and tags every later stage's run."""
+        return str(self.config.get("task_name") or self.task)
+
     def load_model(self):
         """Load the LightningModule with `weights_only=True`: a checkpoint never runs code."""
         module_class = get_class(self.config.model._target_)
@@ -273,11 +278,12 @@ def latest_run(stage: str, condition: str, hint: str) -> str:
 
 
 def latest_train_run(train_task: str) -> str:
-    return latest_run(
-        "train",
-        f"tags.task = '{train_task}'",
-        f"Train one first (`childsafe train experiment={train_task}`) or pass run_id=<id>.",
-    )
+    """The newest finished train run of an experiment (runs from before the `experiment` tag carried it in `task`)."""
+    hint = f"Train one first (`childsafe train experiment={train_task}`) or pass run_id=<id>."
+    try:
+        return latest_run("train", f"tags.experiment = '{train_task}'", hint)
+    except WorkbenchError:
+        return latest_run("train", f"tags.task = '{train_task}'", hint)
 
 
 def resolve_trained_run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,6 @@ from stage_configs import compose_stage
 
 from calibration.state import CalibrationState
 from scripts.calibrate import STATE_FILE, calibrate
-from scripts.compare import compare
 from scripts.evaluate import evaluate
 from scripts.export import DegeneratePointError, export
 from scripts.train import train
@@ -66,7 +66,15 @@ def test_age_calibration_logs_a_linked_run_with_state_and_operating_points(train
     run = next(r for r in runs if r.data.tags["task"] == "age")
     assert run.info.status == "FINISHED"
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-    assert parent.data.tags["stage"] == "train" and parent.data.tags["task"] == "age_synthetic"
+    # One tag vocabulary: `task` is age or content on every run, `experiment` the training experiment; a
+    # child run's name carries both the experiment and the time, so two pipelines' runs tell apart.
+    assert (parent.data.tags["stage"], parent.data.tags["task"], parent.data.tags["experiment"]) == (
+        "train",
+        "age",
+        "age_synthetic",
+    )
+    assert run.data.tags["experiment"] == "age_synthetic"
+    assert re.fullmatch(r"calibrate-age_synthetic-\d{8}-\d{6}", run.info.run_name)
     artifacts = {
         a.path for folder in ("calibration", "figures") for a in client.list_artifacts(run.info.run_id, folder)
     }
@@ -223,20 +231,6 @@ def test_evaluate_a_missing_split_is_named(trained, shared_cache):
         )
 
 
-def test_compare_tabulates_two_runs_with_deltas(trained, shared_cache):
-    root, _ = trained
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'train'")
-    assert len(runs) >= 2  # the module's age and content runs
-    ids = [runs[0].info.run_id, runs[1].info.run_id]
-    cfg = compose_stage("compare", root, shared_cache, f"runs=[{ids[0]},{ids[1]}]")
-    table = compare(cfg)
-    assert len(table) > 0 and any(c.startswith("delta ") for c in table.columns)
-    assert (Path(cfg.paths.output_dir) / "comparison.html").exists()
-    with pytest.raises(WorkbenchError, match="no MLflow run deadbeef"):
-        compare(compose_stage("compare", root, shared_cache, f"runs=[{ids[0]},deadbeef]"))
-
-
 def test_temperature_rescues_an_overconfident_content_model(trained, shared_cache):
     """The trained content model with its logits scaled up 5x: temperature halves test ECE, accuracy unchanged."""
     from calibration.fit import calibrate_content
@@ -246,7 +240,7 @@ def test_temperature_rescues_an_overconfident_content_model(trained, shared_cach
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
-        "tags.stage = 'train' and tags.task = 'content_synthetic'",
+        "tags.stage = 'train' and tags.experiment = 'content_synthetic'",
     )[0]
     trained_run = resolve_trained_run(run.info.run_id, None, root / "overconfident")
     model, datamodule = trained_run.load_model(), trained_run.datamodule()
