@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
+from evaluation.scorecard import verdict_line
+
 INTENDED_USE = {
     "age": "Estimate whether a live video-chat user is likely under 13, 16 or 18, so a runtime filter can gate "
     "access or escalate to stronger age assurance. A decision support signal, combined with other checks.",
@@ -189,3 +193,37 @@ def render_model_card(contract: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_version_description(contract: dict[str, Any], scorecard: pd.DataFrame, links: dict[str, str]) -> str:
+    """The registry version's description: what it is, its data, the scorecard and where everything is.
+
+    Short by design (MLflow keeps 5,000 characters): the model card itself is in the bundle.
+    """
+    data, headline = contract["data"], contract["metrics"]["headline"]
+    unit = " years" if headline["name"] == "mae" else ""
+    labels = contract["labels"]
+    if contract["task"] == "age":
+        what = "age estimation, gates " + ", ".join(f"{gate:g}" for gate in labels["gates"])
+    else:
+        what = "explicit-content classification, classes " + ", ".join(labels["classes"])
+    return "\n".join(
+        [
+            f"**{verdict_line(scorecard)}**",
+            "",
+            f"{contract['model_name']}: an ONNX bundle (contract schema {contract['schema_version']}) for {what}. "
+            f"Test {headline['name']} {headline['value']:.4g}{unit} "
+            f"({headline['ci_low']:.4g}-{headline['ci_high']:.4g}).",
+            f"Data: {data['name']}, licence {data['licence']}"
+            + (", synthetic" if data["synthetic"] else f", permitted uses {', '.join(data['card']['permitted_uses'])}")
+            + ("; a debug-sized run, never to ship." if contract["release"]["debug_run"] else "."),
+            "",
+            scorecard[["operating point", "protects", "target: max miss rate", "verdict", "why"]].to_markdown(
+                index=False
+            ),
+            "",
+            " · ".join(f"[{name}]({target})" for name, target in links.items()),
+            "",
+            "The full scorecard is on the evaluate run; the model card is `model_card.md` in the bundle.",
+        ]
+    )

@@ -32,7 +32,7 @@ from rich.table import Table
 from scripts.hydra_app import console, run_stage
 from scripts.stage_help import CONFIG_DIR
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import default_tracking_uri
+from tracking.mlflow_run import PARENT_TAG, default_tracking_uri, finished_runs_under
 from tracking.registry import Figure, figures, format_figure, worsening
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 BETTER, WORSE, SAME, UNMEASURED = "better", "worse", "no significant difference", "not comparable"
-STAGE_TAG, PARENT_TAG = "stage", "lineage.parent_run_id"
 HEADLINES = {"age": "mae", "content": "accuracy"}
 RULE = " ".join((__doc__ or "").split("\n\n")[2].split())  # the verdict rule, as the docstring states it
 
@@ -108,22 +107,9 @@ def _version_run_id(client: MlflowClient, reference: str) -> tuple[str, str]:
     return version.run_id, version.version
 
 
-def _runs_of(client: MlflowClient, experiment_id: str, stage: str, parents: list[str]) -> list[Run]:
-    """Finished runs of `stage` under any of `parents`, newest first."""
-    found = [
-        run
-        for parent in parents
-        for run in client.search_runs(
-            [experiment_id],
-            f"tags.{STAGE_TAG} = '{stage}' and tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'FINISHED'",
-        )
-    ]
-    return sorted(found, key=lambda run: run.info.start_time, reverse=True)
-
-
 def evaluate_run(client: MlflowClient, run: Run, reference: str) -> Evaluated:
     """The evaluate run that measured `run`: itself, or the newest finished one of the same calibration."""
-    stage, run_id = run.data.tags.get(STAGE_TAG), run.info.run_id
+    stage, run_id = run.data.tags.get("stage"), run.info.run_id
     if stage == "evaluate":
         return Evaluated(reference, run, f"evaluate run {run_id}")
     if stage == "export":
@@ -131,15 +117,15 @@ def evaluate_run(client: MlflowClient, run: Run, reference: str) -> Evaluated:
     elif stage == "calibrate":
         parents, hint = [run_id], f"calibration_run={run_id}"
     elif stage == "train":
-        calibrations = _runs_of(client, run.info.experiment_id, "calibrate", [run_id])
+        calibrations = finished_runs_under(client, run.info.experiment_id, "calibrate", [run_id])
         parents = [run_id, *(c.info.run_id for c in calibrations)]
         hint = f"calibration_run=<a calibrate run of it> (calibrate it first: `childsafe calibrate run_id={run_id}`)"
     else:
         raise WorkbenchError(
-            f"{reference}: run {run_id} is not a childsafe stage run (its tag {STAGE_TAG}={stage!r}). Give an "
+            f"{reference}: run {run_id} is not a childsafe stage run (its tag stage={stage!r}). Give an "
             "evaluate run, a model version (NAME@ALIAS or NAME/VERSION), or its train, calibrate or export run."
         )
-    found = _runs_of(client, run.info.experiment_id, "evaluate", parents)
+    found = finished_runs_under(client, run.info.experiment_id, "evaluate", parents)
     if not found:
         raise WorkbenchError(
             f"{reference}: {stage} run {run_id} has no finished evaluate run of the same calibration to compare. "

@@ -21,10 +21,11 @@ from childsafe_runtime.signing import signing_record
 from omegaconf import DictConfig, OmegaConf
 
 from calibration.state import CalibrationState
+from evaluation.scorecard import scorecard
 from export.bundle import publish, release_key, staging_folder, write_sums
 from export.contract import build_contract, contract_text
 from export.metrics import headline, sliced
-from export.model_card import render_model_card
+from export.model_card import render_model_card, render_version_description
 from export.onnx_export import embed_contract, export_onnx
 from export.parity import check_parity, check_sizes, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
@@ -32,8 +33,8 @@ from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from models.resize import Framing
 from scripts.hydra_app import console, run_stage, show_metrics
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import append_description, log_metrics, run_link, stage_run
-from tracking.registry import register_bundle
+from tracking.mlflow_run import append_description, finished_runs_under, log_metrics, run_link, stage_run
+from tracking.registry import register_bundle, set_version_description
 from tracking.runs import latest_run, resolve_trained_run
 
 
@@ -301,6 +302,10 @@ def export(cfg: DictConfig) -> dict[str, float]:
         log_metrics(client, run_id, metrics)
         client.log_artifacts(run_id, str(bundle), "bundle")
         version = register_bundle(run_id, bundle, contract, cfg.export.model_name) if cfg.export.register else None
+        if version:
+            links = version_links(client, trained.run_id, calibration_run, run_id)
+            description = render_version_description(contract, scorecard(state), links)
+            set_version_description(client, cfg.export.model_name, version, description)
         if trained.run_id:
             registered = f", registered as {cfg.export.model_name} version {version}" if version else ""
             line = f"- export: [run]({run_link(client, run_id)}), bundle `{bundle.name}`{registered}"
@@ -315,6 +320,19 @@ def export(cfg: DictConfig) -> dict[str, float]:
         },
     )
     return metrics
+
+
+def version_links(client, train_run: str | None, calibration_run: str | None, export_run: str) -> dict[str, str]:
+    """Where a reviewer goes from a model version: its runs, and the evaluation report of its calibration."""
+    links = {"train run": run_link(client, train_run)} if train_run else {}
+    if calibration_run:
+        links["calibrate run"] = run_link(client, calibration_run)
+        experiment = client.get_run(calibration_run).info.experiment_id
+        evaluated = finished_runs_under(client, experiment, "evaluate", [calibration_run])
+        if evaluated:
+            links["evaluate run"] = run_link(client, evaluated[0].info.run_id)
+            links["report"] = run_link(client, evaluated[0].info.run_id, "evaluation/report.html")
+    return links | {"export run": run_link(client, export_run)}
 
 
 def main() -> None:

@@ -194,7 +194,7 @@ def stage_run(stage: str, parent_run_id: str | None, task: str, experiment: str)
     run_name = f"{stage}-{experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     tags = origin_tags() | {"stage": stage, "task": task, "experiment": experiment, MLFLOW_RUN_NAME: run_name}
     if parent_run_id:
-        tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, "lineage.parent_run_id": parent_run_id}
+        tags |= {MLFLOW_PARENT_RUN_ID: parent_run_id, PARENT_TAG: parent_run_id}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     try:
         yield client, run_id
@@ -250,3 +250,19 @@ def append_description(client, run_id: str, line: str) -> None:
     """Add a markdown line to a run's description (the train run lists its stages' runs as they finish)."""
     current = client.get_run(run_id).data.tags.get(DESCRIPTION_TAG, "").rstrip()
     client.set_tag(run_id, DESCRIPTION_TAG, f"{current}\n{line}".lstrip("\n"))
+
+
+PARENT_TAG = "lineage.parent_run_id"  # set by stage_run on every stage's run: the run it read
+
+
+def finished_runs_under(client, experiment_id: str, stage: str, parents: list[str]) -> list:
+    """Finished runs of `stage` whose lineage parent is one of `parents`, newest first."""
+    found = [
+        run
+        for parent in parents
+        for run in client.search_runs(
+            [experiment_id],
+            f"tags.stage = '{stage}' and tags.`{PARENT_TAG}` = '{parent}' and attributes.status = 'FINISHED'",
+        )
+    ]
+    return sorted(found, key=lambda run: run.info.start_time, reverse=True)

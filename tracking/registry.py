@@ -162,6 +162,17 @@ def register_bundle(run_id: str, bundle: Path, contract: dict[str, Any], model_n
     return version
 
 
+DESCRIPTION_LIMIT = 5000  # characters: MLflow's model_versions.description column is a String(5000)
+CUT = "\n\n(cut here: MLflow keeps 5,000 characters; the full records are the version's tags and run artefacts)"
+
+
+def set_version_description(client: MlflowClient, model_name: str, version: str, text: str) -> None:
+    """Set a version's description, cut to what MLflow stores, saying so rather than failing the stage."""
+    if len(text) > DESCRIPTION_LIMIT:
+        text = text[: DESCRIPTION_LIMIT - len(CUT)] + CUT
+    client.update_model_version(model_name, version, description=text)
+
+
 @dataclass(frozen=True)
 class Figure:
     """One compared figure of a version: its value and which way is worse."""
@@ -491,6 +502,9 @@ def _record(client: MlflowClient, candidate: ModelVersion, decision: Decision) -
             table = f"tag {PROMOTION_TABLE_TAG}"
         tag = json.dumps(decision.record() | {"table": table}, allow_nan=False)
         client.set_model_version_tag(decision.model_name, candidate.version, PROMOTION_TAG, tag)
+        # The comparison follows the export's description, so the version page tells its whole story.
+        current = client.get_model_version(decision.model_name, candidate.version).description or ""
+        set_version_description(client, decision.model_name, candidate.version, f"{current}\n\n{decision.markdown()}")
 
 
 def promote(model_name: str, tolerances: dict[str, float], gates: dict[str, Any]) -> Decision:

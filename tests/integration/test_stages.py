@@ -141,6 +141,13 @@ def test_export_publishes_a_registered_bundle_the_consumer_agrees_with(trained, 
     assert version.tags["recall_explicit.certified_unit"] == "scenes"
     export_run = client.get_run(version.run_id)
     assert export_run.data.tags["stage"] == "export" and export_run.info.status == "FINISHED"
+    # The version explains itself: verdict, what it is, its data and licence, and links to its runs.
+    described = version.description
+    assert described.startswith("**FAIL: ") and "degenerate" in described  # published only with allow_degenerate
+    assert "explicit-content classification, classes safe, suggestive, explicit" in described
+    assert "licence CC0-1.0" in described and "a debug-sized run, never to ship" in described
+    for name in ("train run", "calibrate run", "export run"):
+        assert f"[{name}](#/experiments/" in described, name
 
     # The consumer's decisions on the test split equal the evaluation stage's per-sample decisions.
     evaluation = compose_stage("evaluate", root, shared_cache, "train_task=content_synthetic")

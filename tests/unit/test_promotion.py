@@ -252,6 +252,14 @@ def test_a_first_champion_passes_the_absolute_gates_and_its_decision_is_recorded
     table = Path(client.download_artifacts(run_id, artefact.path)).read_text()
     assert "promoted to champion" in table and "No champion yet: nothing to compare." in table
     assert "| gate13: certified miss-rate bound within its target | pass | 0.009937 <= 0.01 |" in table
+    # The version page tells the decision too: it is appended to the version's description.
+    client.update_model_version(NAME, first, description="**PASS: the export's summary**")
+    second = register(client, contract(), run_id=run_id)
+    promote(NAME, TOLERANCES, GATES)
+    assert client.get_model_version(NAME, first).description.startswith("**PASS: the export's summary**")
+    described = client.get_model_version(NAME, second).description
+    assert f"v{second}: promoted to champion" in described or f"v{second}: not promoted" in described
+    assert "| criterion | candidate | champion | verdict | rule |" in described
 
 
 def test_a_version_without_a_run_keeps_its_table_in_a_tag_and_a_better_candidate_replaces_the_champion(tracking_uri):
