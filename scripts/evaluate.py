@@ -28,7 +28,14 @@ from export.parity import reference_outputs
 from scripts.export import load_calibration
 from scripts.hydra_app import run_stage, show_metrics
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import DESCRIPTION_TAG, append_description, log_metrics, run_link, stage_run
+from tracking.mlflow_run import (
+    DESCRIPTION_TAG,
+    append_description,
+    log_dataset_inputs,
+    log_metrics,
+    run_link,
+    stage_run,
+)
 from tracking.runs import resolve_trained_run
 
 
@@ -191,6 +198,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         mlflow_run,
     ):
         log_metrics(client, mlflow_run, numbers, unmeasured)
+        record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule)
         for artefact in (
             html_path,
             md_path,
@@ -206,6 +214,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         {"report": str(html_path), "flagged slices": str(len(flagged)), "mlflow run": mlflow_run},
     )
     return numbers
+
+
+def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule) -> None:
+    """What was measured, and how: the settings as parameters and the split as an `mlflow.data` input."""
+    settings = cfg.evaluation
+    params = {
+        "split": cfg.split,
+        "coverage": settings.coverage,
+        "base_rate": settings.base_rate,
+        "slice_attributes": ",".join(settings.slice_attributes),
+        "calibration_run": calibration_run or "none (uncalibrated)",
+        "train_run": train_run or "none (a checkpoint)",
+        "device": cfg.device,
+    }
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    cached = datamodule.load()
+    contexts = {cfg.split: "testing" if cfg.split == "test" else cfg.split}
+    log_dataset_inputs(
+        client, run_id, cached.manifest, cached.manifest_path, datamodule.dataset_name, cached.digest,
+        datamodule.target, contexts,
+    )  # fmt: skip
 
 
 def describe_evaluation(

@@ -213,6 +213,14 @@ def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_c
     # The reviewer's view: the verdict leads the description and the report, the scorecard is a table,
     # and the train run's description links its calibrate and evaluate runs.
     evaluated = runs[0]
+    assert {k: evaluated.data.params[k] for k in ("split", "coverage", "base_rate")} == {
+        "split": "test",
+        "coverage": "0.9",
+        "base_rate": "0.005",
+    }
+    assert evaluated.data.params["calibration_run"] == evaluated.data.tags["lineage.parent_run_id"]
+    (split_input,) = evaluated.inputs.dataset_inputs
+    assert split_input.dataset.name == "synthetic-faces:test"
     description = evaluated.data.tags["mlflow.note.content"]
     assert description.startswith(("**Safety verdict: PASS", "**Safety verdict: FAIL"))
     assert f"runs/{evaluated.info.run_id}/artifacts/evaluation/report.html" in description
