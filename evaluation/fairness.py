@@ -1,7 +1,10 @@
 """Fairness slices: every headline metric per attribute value and per attribute pair, with flags.
 
-A slice is flagged when its 95% interval excludes the overall value. The disparity ratio
-(largest / smallest slice value of the headline metric) gets a subject-bootstrap interval.
+A slice whose 95% interval excludes the overall value differs from it; it is flagged (a harm) only
+when it differs in the direction that is worse for that group: a higher MAE or minor pass rate, a
+lower accuracy, recall or interval coverage. A slice better than overall is listed as such, never
+flagged. The disparity ratio (largest / smallest slice value of the headline metric) gets a
+subject-bootstrap interval.
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from calibration.operating_points import row_units
 from evaluation.stats import Estimate, not_measurable, subject_bootstrap
 
 SliceMetric = Callable[[pd.DataFrame], Estimate]
+LOWER_IS_WORSE = ("accuracy", "recall", "interval_coverage")  # every other sliced metric: higher is worse
+
+
+def higher_is_worse(metric: str) -> bool:
+    return not metric.endswith(LOWER_IS_WORSE)
+
+
+def comparison_to_overall(estimate: Estimate, overall: float, metric: str) -> str:
+    """'worse than overall' (a harm), 'better than overall', or '' when the interval contains the overall value."""
+    if not estimate.excludes(overall):
+        return ""
+    above = estimate.value > overall
+    return "worse than overall" if above == higher_is_worse(metric) else "better than overall"
 
 
 def slice_columns(frame: pd.DataFrame, attributes: list[str]) -> list[str]:
@@ -35,6 +51,7 @@ def fairness_table(
             for name, metric in metrics.items():
                 estimate = metric(part) if len(part) else not_measurable("empty slice")
                 reference = overall[name].value if overall[name].measurable else float("nan")
+                versus = comparison_to_overall(estimate, reference, name)
                 rows.append(
                     {
                         "attribute": column,
@@ -45,7 +62,8 @@ def fairness_table(
                         "low": estimate.low,
                         "high": estimate.high,
                         "n": estimate.n,
-                        "flagged": estimate.excludes(reference),
+                        "versus overall": versus,
+                        "flagged": versus == "worse than overall",
                     }
                 )
     return pd.DataFrame(rows)

@@ -174,8 +174,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     flagged = fairness[fairness["flagged"]]
     sections = {f"Table: {name}": table for name, table in tables.items()}
     sections |= {
-        "Fairness slices (flagged: CI excludes the overall value)": fairness.drop(columns=["value_num", "low", "high"]),
-        "Flagged slices": flagged.drop(columns=["value_num", "low", "high"]),
+        "Flagged slices (worse than overall: the 95% interval excludes the overall value on the harmful side)": (
+            flagged.drop(columns=["value_num", "low", "high"])
+        ),
+        "Fairness slices (all)": fairness.drop(columns=["value_num", "low", "high"]),
         "Robustness (fixed severities)": robustness,
     }
     card = scorecard(state) if calibrated else None
