@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,15 @@ def _png(figure) -> str:
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def figure_files(figures: dict[str, str]) -> dict[str, bytes]:
+    """The report's embedded PNGs as files (`<slug>.png`: bytes), so MLflow's UI can show each one on its own."""
+    files = {}
+    for name, uri in figures.items():
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        files[f"{slug}.png"] = base64.b64decode(uri.split(",", 1)[1])
+    return files
 
 
 def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:

@@ -201,6 +201,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ):
         log_metrics(client, mlflow_run, numbers, unmeasured)
         record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule)
+        figures_dir = output_dir / "figures"
+        figures_dir.mkdir(exist_ok=True)
+        for name, png in report.figure_files(figures).items():
+            (figures_dir / name).write_bytes(png)
+        client.log_artifacts(mlflow_run, str(figures_dir), "evaluation/figures")  # shown as images by the UI
         for artefact in (
             html_path,
             md_path,
