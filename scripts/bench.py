@@ -233,7 +233,7 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str], list
     figures["bench/train/gflop_per_img"] = flops / 1e9
     figures["bench/train/mfu"] = flops * figures["bench/train/lightning_img_s"] / peak
     module = cfg.model._target_.rsplit(".", 1)[-1]
-    model = f"{module}, {cfg.model.backbone.name} at {cfg.data.generator.image_size} px, batch {datamodule.batch_size}"
+    model = f"{module}, {cfg.model.backbone.name} at {cfg.model.image_size} px, batch {datamodule.batch_size}"
     rows = [
         f"| training, Lightning pipeline ({model}, {cfg.trainer.precision}, {device.type}) | "
         f"{figures['bench/train/lightning_img_s']:.0f} img/s |",
