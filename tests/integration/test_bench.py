@@ -151,3 +151,18 @@ def test_no_profile_when_the_ratio_meets_its_target(tmp_path, shared_cache, trac
     bench(cfg)
     table = (Path(cfg.paths.output_dir) / "benchmark.md").read_text()
     assert "| pipeline / plain loop" in table and "extra time goes" not in table
+
+
+def test_bench_runs_on_licensed_data(tmp_path, tracking_uri):
+    """It used to read data.generator and crash on licensed data: now it skips the rendering figure, saying why."""
+    import licensed_fixtures as fixtures
+
+    root = fixtures.utkface(tmp_path / "UTKFace", n=60)
+    overrides = ("experiment=age_utkface", f"data.root={root}", "data.max_bad_fraction=0.05", "debug=smoke")
+    timing = ("bench.repeats=1", "bench.warmup_steps=1", "bench.steps=2", "bench.loader_seconds=0.2")
+    outputs = ("docs_file=null", f"bundle={tmp_path / 'none'}")
+    cfg = compose_stage("bench", tmp_path, tmp_path / "cache", *overrides, *timing, *outputs)
+    figures = bench(cfg)
+    assert figures["bench/train/lightning_img_s"] > 0 and "bench/render/img_s" not in figures
+    table = (Path(cfg.paths.output_dir) / "benchmark.md").read_text()
+    assert "| synthetic rendering | not measured: utkface is licensed data, decoded at ingest |" in table
