@@ -31,7 +31,7 @@ def mae(frame: pd.DataFrame) -> Estimate:
 
 
 def error_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """MAE, signed bias, P95 |error| and CS@5 per integer true age 0-25, then per bucket."""
+    """MAE, signed bias, P95 |error| and the share within 5 years (CS@5) per integer true age 0-25, then per bucket."""
     frame = frame.assign(error=frame["expected_age"] - frame["age"])
     groups = [(str(a), frame[np.floor(frame["age"]) == a]) for a in EXACT_AGES]
     groups += [
@@ -47,7 +47,7 @@ def error_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "mae": error.abs().mean() if len(part) else np.nan,
                 "bias": error.mean() if len(part) else np.nan,
                 "p95_abs_error": error.abs().quantile(0.95) if len(part) else np.nan,
-                "cs5": (error.abs() <= 5).mean() if len(part) else np.nan,
+                "within_5y": (error.abs() <= 5).mean() if len(part) else np.nan,
                 "interval_coverage": interval_coverage(part).value if len(part) else np.nan,
                 "interval_width": (part["interval_high"] - part["interval_low"]).mean()
                 if "interval_low" in part and len(part)
@@ -84,7 +84,7 @@ def gate_analysis(
     if decision in frame:
         rejected, units = frame[decision].to_numpy(dtype=bool), row_units(frame)
         metrics[f"{key}/minor_pass_rate"] = minor_pass_rate(frame, gate, decision)
-        metrics[f"{key}/far_miss_rate"] = minor_pass_rate(frame, gate, decision, age <= gate - 3)
+        metrics[f"{key}/pass_rate_3y_under_gate"] = minor_pass_rate(frame, gate, decision, age <= gate - 3)
         metrics[f"{key}/adult_false_rejection"] = subject_rate(
             rejected[adults], units[adults], f"people aged {gate:g} or more"
         )
@@ -111,17 +111,19 @@ def gate_analysis(
         metrics[f"{key}/minor_pass_rate"] = not_measurable("no calibration, so no operating point to judge")
     for challenge in range(int(gate), int(gate) + years_after):
         passes = predicted >= challenge
-        metrics[f"{key}/challenge{challenge}/minor_pass_rate"] = proportion(passes[minors], f"people under {gate:g}")
-        metrics[f"{key}/challenge{challenge}/adult_false_rejection"] = proportion(
+        metrics[f"{key}/challenge_age{challenge}/minor_pass_rate"] = proportion(
+            passes[minors], f"people under {gate:g}"
+        )
+        metrics[f"{key}/challenge_age{challenge}/adult_false_rejection"] = proportion(
             ~passes[adults], f"people aged {gate:g} or more"
         )
     if minors.any():
         zero_error = float(np.nextafter(predicted[minors].max(), np.inf))
-        metrics[f"{key}/zero_error_challenge_age"] = Estimate(zero_error, n=int(minors.sum()))
+        metrics[f"{key}/no_minor_pass_challenge_age"] = Estimate(zero_error, n=int(minors.sum()))
         # No minor passes at that age in this sample; the rule of three bounds the true rate by 3/n (95%).
-        metrics[f"{key}/zero_error_pass_rate_bound"] = Estimate(3.0 / minors.sum(), n=int(minors.sum()))
+        metrics[f"{key}/no_minor_pass_rate_bound"] = Estimate(3.0 / minors.sum(), n=int(minors.sum()))
     else:
-        metrics[f"{key}/zero_error_challenge_age"] = not_measurable(f"no people under {gate:g} in this data")
+        metrics[f"{key}/no_minor_pass_challenge_age"] = not_measurable(f"no people under {gate:g} in this data")
     probability = f"p_below_{gate:g}"
     if probability in frame and minors.any() and adults.any():
         scores = binary_scores(frame[probability].to_numpy(np.float64), minors)
@@ -135,9 +137,9 @@ def band_test(frame: pd.DataFrame) -> dict[str, Estimate]:
     age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
     inside = (predicted >= BAND[0]) & (predicted < BAND[1])
     return {
-        "band13_16/tpr": proportion(inside[(age >= BAND[0]) & (age < BAND[1])], "people aged 13-16"),
-        "band13_16/fpr_under13": proportion(inside[age < BAND[0]], "people under 13"),
-        "band13_16/fpr_17plus": proportion(inside[age >= BAND[1]], "people aged 17 or more"),
+        "band13_16/in_band_rate": proportion(inside[(age >= BAND[0]) & (age < BAND[1])], "people aged 13-16"),
+        "band13_16/under13_in_band_rate": proportion(inside[age < BAND[0]], "people under 13"),
+        "band13_16/17plus_in_band_rate": proportion(inside[age >= BAND[1]], "people aged 17 or more"),
     }
 
 
@@ -171,7 +173,7 @@ def age_metrics(
     errors = frame["expected_age"] - frame["age"]
     metrics["bias"] = bare(errors.mean(), len(frame), "no samples")
     metrics["p95_abs_error"] = bare(errors.abs().quantile(0.95), len(frame), "no samples")
-    metrics["cs5"] = proportion((errors.abs() <= 5).to_numpy(), "samples")
+    metrics["within_5y_rate"] = proportion((errors.abs() <= 5).to_numpy(), "samples")
     tables = {"error_by_age": error_table(frame)}
     for gate in gates:
         gate_metrics, per_year = gate_analysis(frame, gate, calibrated=calibrated)

@@ -120,15 +120,19 @@ def content_metrics(
     if unsafe.any() and (~unsafe).any():
         fpr, tpr, _ = roc_curve(unsafe, score)
         for target in (0.01, 0.001):
-            metrics[f"unsafe/recall_at_fpr{target:g}"] = Estimate(_recall_at_fpr(fpr, tpr, target), n=len(score))
+            metrics[f"unsafe/recall_at_false_alarm_rate{target:g}"] = Estimate(
+                _recall_at_fpr(fpr, tpr, target), n=len(score)
+            )
         for target in (0.95, 0.99):
-            metrics[f"unsafe/fpr_at_recall{target:g}"] = Estimate(_fpr_at_recall(fpr, tpr, target), n=len(score))
+            metrics[f"unsafe/false_alarm_rate_at_recall{target:g}"] = Estimate(
+                _fpr_at_recall(fpr, tpr, target), n=len(score)
+            )
     else:
-        metrics["unsafe/recall_at_fpr0.01"] = not_measurable("needs both safe and unsafe samples")
+        metrics["unsafe/recall_at_false_alarm_rate0.01"] = not_measurable("needs both safe and unsafe samples")
     for name, (target, label_column) in points.items():
         flagged, positives, units = point_outcomes(frame, name, target, label_column, classes, unsafe_classes)
         fpr = subject_rate(flagged[~positives], units[~positives], "negatives")
-        metrics[f"{name}/recall"], metrics[f"{name}/fpr"] = point_recall(flagged, positives, units), fpr
+        metrics[f"{name}/recall"], metrics[f"{name}/false_alarm_rate"] = point_recall(flagged, positives, units), fpr
         if positives.any() and fpr.measurable:
             # What a reviewer sees in live traffic, where unsafe frames are rare.
             precision = precision_at(1 - float((~flagged[positives]).mean()), fpr.value, base_rate)  # image recall

@@ -17,8 +17,6 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from evaluation.stats import Estimate
-
 
 def _png(figure) -> str:
     buffer = io.BytesIO()
@@ -108,18 +106,44 @@ def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="not measurable", border=0)
 
 
+def estimate_text(row) -> str:
+    """A metrics-table row as `value [low, high] unit (n=...)`, or why it is not measurable."""
+    if row["value"] is None or pd.isna(row["value"]):
+        return f"not measurable: {row['reason']}"
+    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+    return f"{row['value']:.4f}{interval} (n={row['n']})"
+
+
+def _readable(metrics: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "metric": metrics["metric"],
+            "estimate (95% CI)": [estimate_text(row) for _, row in metrics.iterrows()],
+            "unit": metrics["unit"],
+            "meaning": metrics["meaning"],
+        }
+    )
+
+
 def write_report(
     path: Path,
     title: str,
     context: list[str],
-    metrics: dict[str, Estimate],
+    metrics: pd.DataFrame,
     sections: dict[str, pd.DataFrame],
     figures: dict[str, str],
     verdict: str | None = None,
     scorecard: pd.DataFrame | None = None,
+    headline: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write `<path>.html` and `<path>.md`; returns both paths. The verdict and scorecard lead, when given."""
-    metric_rows = pd.DataFrame({"metric": list(metrics), "estimate (95% CI)": [m.text() for m in metrics.values()]})
+    """Write `<path>.html` and `<path>.md`; returns both paths.
+
+    A reviewer reads the decision first: the verdict and scorecard, then the `headline` metrics (keys of
+    `metrics`, `evaluation.glossary.metrics_table`'s frame) with units. The full metric list comes last,
+    collapsed. `context` lines are markdown; links in them become HTML links.
+    """
+    readable = _readable(metrics)
+    top = readable[readable["metric"].isin(headline)] if headline is not None else readable
     lead = []
     if verdict is not None:
         colour = "#1a7f37" if verdict.startswith("PASS") else "#cf222e"
@@ -132,15 +156,21 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         *lead,
         "<ul>",
-        *[f"<li>{html.escape(c)}</li>" for c in context],
+        *[f"<li>{_linked(c)}</li>" for c in context],
         "</ul>",
         "<h2>Headline metrics</h2>",
-        _table_html(metric_rows),
+        _table_html(top),
     ]
     for name, uri in figures.items():
         body += [f"<h2>{html.escape(name)}</h2>", f'<img alt="{html.escape(name)}" src="{uri}">']
     for name, frame in sections.items():
         body += [f"<h2>{html.escape(name)}</h2>", _table_html(frame)]
+    body += [
+        f'<details id="all-metrics"><summary><strong>All {len(readable)} metrics</strong> (as logged to MLflow; '
+        "units and meanings from docs/metric-glossary.md)</summary>",
+        _table_html(readable),
+        "</details>",
+    ]
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
         "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
@@ -162,10 +192,23 @@ def write_report(
         markdown += [f"**{verdict}**", ""]
     if scorecard is not None:
         markdown += ["## Safety scorecard", "", scorecard.to_markdown(index=False), ""]
-    markdown += [*[f"- {c}" for c in context], "", "| metric | estimate (95% CI) |", "|---|---|"]
-    markdown += [f"| {name} | {estimate.text()} |" for name, estimate in metrics.items()]
+    markdown += [*[f"- {c}" for c in context], "", "## Headline metrics", "", top.to_markdown(index=False)]
     for name, frame in sections.items():
         markdown += ["", f"## {name}", "", frame.to_markdown(index=False) if len(frame) else "(empty)"]
+    markdown += ["", f"## All {len(readable)} metrics", "", readable.to_markdown(index=False)]
     md_path = path.with_suffix(".md")
     md_path.write_text("\n".join(markdown) + "\n")
     return html_path, md_path
+
+
+MARKDOWN_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+def _linked(line: str) -> str:
+    """A markdown context line as HTML: escaped text, with its `[text](target)` links as anchors."""
+    parts, last = [], 0
+    for found in MARKDOWN_LINK.finditer(line):
+        parts.append(html.escape(line[last : found.start()]))
+        parts.append(f'<a href="{html.escape(found.group(2))}">{html.escape(found.group(1))}</a>')
+        last = found.end()
+    return "".join(parts) + html.escape(line[last:])

@@ -18,10 +18,11 @@ The first run is the baseline; every other run is judged against it.
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from evaluation.glossary import METRICS_TABLE
 from scripts.hydra_app import console, run_stage
 from scripts.stage_help import CONFIG_DIR
 from tracking.errors import WorkbenchError
@@ -70,6 +72,7 @@ class Evaluated:
     reference: str
     run: Run
     via: str  # how the reference led to this run, in words
+    measured: dict[str, Measured] = field(default_factory=dict)  # its metrics table: key -> value and interval
 
 
 def _run(client: MlflowClient, run_id: str, reference: str) -> Run:
@@ -137,18 +140,42 @@ def evaluate_run(client: MlflowClient, run: Run, reference: str) -> Evaluated:
 def resolve(client: MlflowClient, reference: str) -> Evaluated:
     """A run id, `NAME@ALIAS` or `NAME/VERSION` (run ids hold neither `@` nor `/`) as its evaluate run."""
     if "@" not in reference and "/" not in reference:
-        return evaluate_run(client, _run(client, reference, reference), reference)
-    run_id, version = _version_run_id(client, reference)
-    evaluated = evaluate_run(client, _run(client, run_id, reference), reference)
-    return replace(evaluated, via=f"v{version}, {evaluated.via}")
+        evaluated = evaluate_run(client, _run(client, reference, reference), reference)
+    else:
+        run_id, version = _version_run_id(client, reference)
+        evaluated = evaluate_run(client, _run(client, run_id, reference), reference)
+        evaluated = replace(evaluated, via=f"v{version}, {evaluated.via}")
+    return replace(evaluated, measured=read_measured(client, evaluated))
 
 
-def _measured(metrics: dict[str, float], key: str) -> Measured:
-    return Measured(metrics.get(key), metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high"))
+def read_measured(client: MlflowClient, evaluated: Evaluated) -> dict[str, Measured]:
+    """Every figure of an evaluate run with its 95% interval, from its metrics table (its metrics hold
+    the values alone)."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    run_id = evaluated.run.info.run_id
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run_id, METRICS_TABLE, folder)
+        except (MlflowException, OSError) as error:
+            raise WorkbenchError(
+                f"{evaluated.reference}: evaluate run {run_id} has no {METRICS_TABLE}, so its intervals are unknown "
+                "(it was logged by an older workbench). Evaluate it again: `childsafe evaluate "
+                f"calibration_run={evaluated.run.data.tags.get(PARENT_TAG, '<its calibrate run>')}`."
+            ) from error
+        table = json.loads(Path(path).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    return {row["metric"]: Measured(row["value"], row["ci_low"], row["ci_high"]) for row in rows}
+
+
+def _measured(measured: dict[str, Measured], key: str) -> Measured:
+    return measured.get(key, Measured(None))
 
 
 def run_figures(evaluated: Evaluated) -> dict[str, tuple[Figure, Measured]]:
-    """Promotion's criteria for one evaluate run, read from its metrics, each with its interval where it has one."""
+    """Promotion's criteria for one evaluate run, from its metrics table, each with its interval where it has one."""
     run = evaluated.run
     task = run.data.tags.get("task")
     if task not in HEADLINES:
@@ -157,10 +184,10 @@ def run_figures(evaluated: Evaluated) -> dict[str, tuple[Figure, Measured]]:
             f"{', '.join(HEADLINES)}: it was not written by `childsafe evaluate`."
         )
     prefix, headline = f"test/{task}/", HEADLINES[task]  # what promotion judges: the test split
-    metrics = {key.removeprefix(prefix): value for key, value in run.data.metrics.items() if key.startswith(prefix)}
+    metrics = {key.removeprefix(prefix): value for key, value in evaluated.measured.items() if key.startswith(prefix)}
     sources = {f"headline {headline}": _measured(metrics, headline)}
     points = {}
-    rates = ("minor_pass_rate", "adult_false_rejection") if task == "age" else ("recall", "fpr")
+    rates = ("minor_pass_rate", "adult_false_rejection") if task == "age" else ("recall", "false_alarm_rate")
     for point in sorted({key.split("/")[0] for key in metrics if re.fullmatch(rf"[^/]+/{rates[1]}", key)}):
         miss = _measured(metrics, f"{point}/{rates[0]}")
         # Content logs recall: its interval's lower end is the miss rate's upper end.
@@ -179,7 +206,11 @@ def run_figures(evaluated: Evaluated) -> dict[str, tuple[Figure, Measured]]:
         sources[f"{point}: test miss-rate upper bound"] = Measured(upper)
         sources[f"{point}: test false-alarm rate"] = false_alarm
         sources |= {f"{point}: test pass rate at age {year}": rate for year, rate in years.items()}
-    ratios = [_measured(metrics, k) for k in metrics if re.fullmatch(rf"disparity/[^/]+/{headline}_ratio", k)]
+    ratios = [
+        ratio
+        for key, ratio in metrics.items()
+        if re.fullmatch(rf"disparity/[^/]+/{headline}_ratio", key) and ratio.value is not None
+    ]
     sources["worst slice ratio"] = max(ratios, key=lambda ratio: ratio.value, default=Measured(None))
     record = {
         "headline": {"name": headline, "value": sources[f"headline {headline}"].value},

@@ -6,10 +6,12 @@ with flags, robustness under capture degradations, per-sample predictions, and a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from calibration.age import AgeCalibration, GateCalibration
@@ -21,9 +23,10 @@ from evaluation import report
 from evaluation.age import age_metrics, interval_coverage, mae, minor_pass_rate
 from evaluation.content import accuracy, content_metrics, point_outcomes, point_recall, protected
 from evaluation.fairness import disparity_ratio, fairness_table
+from evaluation.glossary import METRICS_TABLE, metric_values, metrics_table
 from evaluation.robustness import PERTURBATIONS
 from evaluation.scorecard import scorecard, verdict_line
-from evaluation.stats import not_measurable, proportion
+from evaluation.stats import Estimate, not_measurable, proportion
 from export.parity import reference_outputs
 from scripts.export import load_calibration
 from scripts.hydra_app import run_stage, show_metrics
@@ -31,12 +34,19 @@ from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     DESCRIPTION_TAG,
     append_description,
+    default_tracking_uri,
     log_dataset_inputs,
     log_metrics,
     run_link,
     stage_run,
 )
 from tracking.runs import resolve_trained_run
+
+# What the report shows first, after the scorecard: the headline and each operating point's figures.
+HEADLINE = re.compile(
+    r"mae|accuracy|interval\d+/coverage|disparity/.*|fairness/flagged_slices"
+    r"|gate\d+/(minor_pass_rate|adult_false_rejection|pass_rate_age\d+)|recall_\w+/(recall|false_alarm_rate|precision_at_base_rate)"
+)
 
 
 def identity_calibration(module, unsafe_classes: list[str]) -> CalibrationState:
@@ -78,7 +88,7 @@ def headline_functions(state: CalibrationState) -> dict:
             functions["interval_coverage"] = interval_coverage
         for gate in (g.gate for g in state.age.gates):
             # Predicted age >= T lets a person through at challenge age T: no threshold absorbs a group's shift.
-            functions[f"gate{gate:g}/challenge{gate:g}/minor_pass_rate"] = lambda f, g=gate: proportion(
+            functions[f"gate{gate:g}/challenge_age{gate:g}/minor_pass_rate"] = lambda f, g=gate: proportion(
                 f["expected_age"].to_numpy()[f["age"].to_numpy() < g] >= g, "minors"
             )
         for point in state.operating_points:
@@ -158,7 +168,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     figures = figures_for(frame, state, tables, fairness, headline_name)
     synthetic = datamodule.synthetic
     context = [
-        f"Model: {trained.task} run {trained.run_id}; calibration run: {calibration_run or 'none (uncalibrated)'}.",
+        f"Model: {trained.task} run {_run_reference(trained.run_id)}; calibration run: "
+        f"{_run_reference(calibration_run) if calibration_run else 'none (uncalibrated)'}.",
         f"Data: {datamodule.dataset_name}, split '{cfg.split}' ({len(frame)} images, "
         f"{frame['subject_id'].nunique()} subjects), digest {datamodule.load().digest[:16]}.",
         "This data is SYNTHETIC: the figures validate the pipeline, not real-world accuracy."
@@ -182,24 +193,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     }
     card = scorecard(state) if calibrated else None
     verdict = verdict_line(card) if card is not None else None
-    html_path, md_path = report.write_report(
-        output_dir / "report", f"Evaluation: {trained.task} model", context, metrics, sections, figures, verdict, card
-    )
     prefix = f"{cfg.split}/{state.task}"
-    numbers, unmeasured = {}, {}
-    for name, estimate in metrics.items():
-        if estimate.measurable:
-            numbers[f"{prefix}/{name}"] = estimate.value
-            if estimate.low is not None:
-                numbers[f"{prefix}/{name}_ci_low"], numbers[f"{prefix}/{name}_ci_high"] = estimate.low, estimate.high
-        else:
-            unmeasured[f"{prefix}/{name}"] = estimate.reason
-    numbers[f"{prefix}/fairness/flagged_slices"] = float(len(flagged))
+    table = metrics_table(
+        {f"{prefix}/{name}": estimate for name, estimate in metrics.items()}
+        | {f"{prefix}/fairness/flagged_slices": Estimate(float(len(flagged)), n=len(fairness))}
+    )
+    headline = [key for key in table["metric"] if HEADLINE.fullmatch(key.removeprefix(f"{prefix}/"))]
+    html_path, md_path = report.write_report(
+        output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict, card,
+        headline,
+    )  # fmt: skip
     with stage_run("evaluate", calibration_run or trained.run_id, state.task, trained.experiment) as (
         client,
         mlflow_run,
     ):
-        log_metrics(client, mlflow_run, numbers, unmeasured)
+        numbers = log_figures(client, mlflow_run, table)
         record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule)
         figures_dir = output_dir / "figures"
         figures_dir.mkdir(exist_ok=True)
@@ -216,11 +224,29 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             client.log_artifact(mlflow_run, str(artefact), "evaluation")
         describe_evaluation(client, mlflow_run, trained.run_id, calibration_run, card, verdict, html_path.name)
     show_metrics(
-        {k: v for k, v in numbers.items() if "/challenge" not in k and "_ci_" not in k},
+        {k: v for k, v in numbers.items() if "/challenge_age" not in k and "_ci_" not in k},
         f"evaluation of {state.task} on {cfg.split}",
         {"report": str(html_path), "flagged slices": str(len(flagged)), "mlflow run": mlflow_run},
     )
     return numbers
+
+
+def log_figures(client, run_id: str, table: pd.DataFrame) -> dict[str, float]:
+    """Values (and the headline bounds) as metrics, every interval, unit and meaning in the metrics table."""
+    numbers, unmeasured = metric_values(table)
+    log_metrics(client, run_id, numbers, unmeasured)
+    client.log_table(run_id, data=table, artifact_file=METRICS_TABLE)
+    return numbers
+
+
+def _run_reference(run_id: str | None) -> str:
+    """A run id as a markdown link to the MLflow UI when a tracking server is known, else the bare id
+    (a hash route would not resolve from inside the artefact viewer that shows the report)."""
+    if not run_id:
+        return "none (a checkpoint)"
+    if not default_tracking_uri().startswith(("http://", "https://")):
+        return run_id
+    return f"[{run_id}]({run_link(MlflowClient(), run_id)})"
 
 
 def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule) -> None:

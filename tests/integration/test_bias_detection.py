@@ -38,7 +38,7 @@ def test_injected_bias_is_flagged_at_the_18_gate_and_parity_is_not(tmp_path, sha
     dark = biased[
         (biased["attribute"] == "skin_tone_bin")
         & (biased["value"] == "dark")
-        & (biased["metric"] == "gate18/challenge18/minor_pass_rate")
+        & (biased["metric"] == "gate18/challenge_age18/minor_pass_rate")
     ]
     assert dark["flagged"].item(), dark.to_string()
 

@@ -14,14 +14,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 from stage_configs import compose_stage
 
+from evaluation.glossary import metrics_table
+from evaluation.stats import Estimate, not_measurable
 from scripts import compare as compare_module
+from scripts.evaluate import log_figures
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import log_metrics, stage_run
+from tracking.mlflow_run import stage_run
 from tracking.registry import CANDIDATE, CHAMPION
 
 NAME = "childsafe-age_synthetic"
@@ -43,22 +47,26 @@ CRITERIA = [
 ]
 
 
-def with_intervals(prefix: str, figures: dict[str, float], half_width: float = 0.01) -> dict[str, float]:
-    """Metrics as evaluate logs them: each value and its 95% interval bounds."""
-    metrics = {}
-    for key, value in figures.items():
-        name = f"{prefix}/{key}"
-        metrics |= {name: value, f"{name}_ci_low": value - half_width, f"{name}_ci_high": value + half_width}
-    return metrics
+def with_intervals(prefix: str, figures: dict[str, float], half_width: float = 0.01) -> pd.DataFrame:
+    """An evaluate run's metrics table: each value with its 95% interval."""
+    return metrics_table(
+        {
+            f"{prefix}/{key}": Estimate(value, value - half_width, value + half_width, 100)
+            for key, value in figures.items()
+        }
+    )
 
 
-def age_metrics(worse_by: float) -> dict[str, float]:
+def age_metrics(worse_by: float) -> pd.DataFrame:
     """Every age safety figure `worse_by` higher (all of them: higher is worse), plus figures that are no criterion."""
     figures = {key: value + worse_by for key, value in AGE_FIGURES.items()}
-    return with_intervals("test/age", figures) | {"test/age/gate18/challenge18/minor_pass_rate": 0.3}
+    return pd.concat([with_intervals("test/age", figures), metrics_table({
+        "test/age/gate18/challenge_age18/minor_pass_rate": Estimate(0.3),
+        "test/age/gate16/minor_pass_rate": not_measurable("no minors"),
+    })])  # fmt: skip
 
 
-def lineage(client: MlflowClient, experiment_id: str, metrics: dict[str, float]) -> dict[str, str]:
+def lineage(client: MlflowClient, experiment_id: str, metrics: pd.DataFrame) -> dict[str, str]:
     """train -> calibrate -> (evaluate, export), tagged by the real `stage_run`; returns the run ids by stage."""
     train = client.create_run(experiment_id, tags={"stage": "train", "task": "age_synthetic"}).info.run_id
     client.set_terminated(train)
@@ -67,7 +75,7 @@ def lineage(client: MlflowClient, experiment_id: str, metrics: dict[str, float])
         pass
     time.sleep(0.01)  # distinct start times: the newest evaluate run is the one compared, and logged to
     with stage_run("evaluate", ids["calibrate"], "age", "age_synthetic") as (_, ids["evaluate"]):
-        log_metrics(client, ids["evaluate"], metrics)
+        log_figures(client, ids["evaluate"], metrics)
     with stage_run("export", ids["calibrate"], "age", "age_synthetic") as (_, ids["export"]):
         pass
     return ids
@@ -93,7 +101,7 @@ def store(tracking_uri: str):
         with stage_run("calibrate", champion["train"], "age", "age_synthetic") as (_, recalibrated):
             pass
         with stage_run("evaluate", recalibrated, "age", "age_synthetic") as (_, champion["newest_evaluate"]):
-            log_metrics(client, champion["newest_evaluate"], age_metrics(0.5))
+            log_figures(client, champion["newest_evaluate"], age_metrics(0.5))
         candidate = lineage(client, experiment_id, age_metrics(candidate_worse_by))
         candidate["version"] = registered(client, candidate["export"], CANDIDATE)
         return {"champion": champion, "candidate": candidate}
@@ -151,8 +159,8 @@ def test_lower_is_worse_for_content_accuracy_and_recall(tracking_uri):
     runs = []
     for accuracy, recall, fpr in ((0.80, 0.90, 0.10), (0.90, 0.99, 0.05)):
         with stage_run("evaluate", None, "content", "content_synthetic") as (_, run_id):
-            figures = {"accuracy": accuracy, "unsafe/recall": recall, "unsafe/fpr": fpr}
-            log_metrics(client, run_id, with_intervals("test/content", figures, 0.001))
+            figures = {"accuracy": accuracy, "unsafe/recall": recall, "unsafe/false_alarm_rate": fpr}
+            log_figures(client, run_id, with_intervals("test/content", figures, 0.001))
         runs.append(run_id)
     assert verdicts(client, *runs) == {
         "headline accuracy": "better",

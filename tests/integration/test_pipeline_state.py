@@ -16,6 +16,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from evaluation.glossary import entries_for
 from scripts import cli
 from scripts import pipeline as pipeline_module
 from scripts.hydra_app import register_resolvers, validate
@@ -195,3 +196,25 @@ def test_the_whole_smoke_pipeline_completes(
     version = client.get_model_version_by_alias(f"childsafe-{experiment}", "candidate")
     assert version.tags["release.debug_run"] == "true"
     assert json.loads(version.tags["promotion"])["promoted"] is False
+    assert_every_key_has_one_meaning(client)
+
+
+def assert_every_key_has_one_meaning(client: MlflowClient) -> None:
+    """Each logged metric key has one glossary entry naming the stage that logged it, and a key that several
+    runs of one pipeline log has the same value in each (one meaning: the same model on the same split)."""
+    values: dict[str, dict[str, float]] = {}
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        stage = run.data.tags["stage"]
+        for key, value in run.data.metrics.items():
+            entries = entries_for(key)
+            assert len(entries) == 1, f"{stage} logs {key!r}, which matches {len(entries)} glossary entries"
+            assert stage in entries[0].stages, f"{stage} logs {key!r}; the glossary says only {entries[0].stages} do"
+            values.setdefault(key, {})[stage] = value
+    assert values["test/" + ("age/mae" if "test/age/mae" in values else "content/accuracy")].keys() == {
+        "train", "evaluate", "export"
+    }  # fmt: skip
+    for key, by_stage in values.items():
+        assert max(by_stage.values()) - min(by_stage.values()) <= 1e-6 * max(1.0, *map(abs, by_stage.values())), (
+            key,
+            by_stage,
+        )

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from evaluation import report
+from evaluation.glossary import metrics_table
 from evaluation.stats import Estimate, not_measurable
 
 
@@ -31,7 +32,7 @@ def test_report_opens_in_headless_chromium_with_all_images(tmp_path):
         tmp_path / "report",
         "browser check",
         ["synthetic data"],
-        {"mae": Estimate(3.2, 3.0, 3.4, 100), "gate": not_measurable("no minors")},
+        metrics_table({"test/age/mae": Estimate(3.2, 3.0, 3.4, 100), "test/age/gate13/ece": not_measurable("none")}),
         {"table": pd.DataFrame({"a": [1.0, np.nan]})},
         figures,
     )

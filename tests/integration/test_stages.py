@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from stage_configs import compose_stage
 
 from calibration.state import CalibrationState
+from evaluation.glossary import METRICS_TABLE
 from scripts.calibrate import STATE_FILE, calibrate
 from scripts.evaluate import evaluate
 from scripts.export import DegeneratePointError, export
@@ -189,7 +190,6 @@ def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_c
         "block_gate18",
     } <= set(predictions.columns)
     assert numbers["test/age/mae"] == pytest.approx((predictions["expected_age"] - predictions["age"]).abs().mean())
-    assert numbers["test/age/mae_ci_low"] <= numbers["test/age/mae"] <= numbers["test/age/mae_ci_high"]
     html = (output / "report.html").read_text()
     assert "SYNTHETIC" in html and html.count("data:image/png;base64,") >= 4
     assert "<img" in html and "http" not in html.split("<body>")[1]  # self-contained: nothing to fetch
@@ -231,6 +231,19 @@ def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_c
     card = pd.DataFrame(logged["data"], columns=logged["columns"])
     assert list(card["operating point"]) == ["gate13", "gate16", "gate18"] and set(card["verdict"]) <= {"PASS", "FAIL"}
     assert html.index('id="verdict"') < html.index("Safety scorecard") < html.index("Headline metrics")
+    assert html.index("Headline metrics") < html.index('<details id="all-metrics">') == html.rindex("<details")
+    # Every figure with its interval, unit and meaning in the metrics table; only values (and each point's
+    # headline bound) as metrics, so MLflow's charts are not dozens of interval sections.
+    logged = json.loads(Path(client.download_artifacts(evaluated.info.run_id, METRICS_TABLE, str(root / "dl")))
+                        .read_text())  # fmt: skip
+    figures = pd.DataFrame(logged["data"], columns=logged["columns"]).set_index("metric")
+    mae = figures.loc["test/age/mae"]
+    assert mae["unit"] == "years" and 0 < mae["ci_low"] <= mae["value"] <= mae["ci_high"]
+    assert mae["value"] == pytest.approx(numbers["test/age/mae"], rel=1e-9)  # log_table keeps 10 decimals
+    assert (figures["unit"] != "").all() and (figures["meaning"] != "").all()
+    bounds = {key for key in evaluated.data.metrics if "_ci_" in key}
+    assert bounds == {f"test/age/gate{gate}/minor_pass_rate_ci_high" for gate in (13, 16, 18)}
+    assert set(evaluated.data.metrics) - bounds == set(figures.index[figures["value"].notna()])
     train_run = client.get_run(evaluated.data.tags["lineage.parent_run_id"]).data.tags["lineage.parent_run_id"]
     train_description = client.get_run(train_run).data.tags["mlflow.note.content"]
     assert "- calibrate: [run](#/experiments/" in train_description

@@ -54,16 +54,16 @@ def test_gate_analysis_matches_a_brute_force_loop():
     assert metrics["gate18/minor_pass_rate"].value == pytest.approx(brute_pass)
     assert metrics["gate18/minor_pass_rate"].n == people < minors.sum()
     far = frame["age"].to_numpy() <= 15
-    assert metrics["gate18/far_miss_rate"].value == pytest.approx(people_passing(far)[0])
+    assert metrics["gate18/pass_rate_3y_under_gate"].value == pytest.approx(people_passing(far)[0])
     assert metrics["gate18/adult_false_rejection"].value == pytest.approx((~passes[~minors]).mean())
     year20 = np.floor(frame["age"]) == 20
     row = per_year[per_year["true_age"] == 20].iloc[0]
     assert row["kind"] == "false rejection" and row["rate"] == pytest.approx((~passes[year20]).mean())
     challenge = frame["expected_age"].to_numpy() >= 21
-    assert metrics["gate18/challenge21/minor_pass_rate"].value == pytest.approx(challenge[minors].mean())
-    zero = metrics["gate18/zero_error_challenge_age"].value
+    assert metrics["gate18/challenge_age21/minor_pass_rate"].value == pytest.approx(challenge[minors].mean())
+    zero = metrics["gate18/no_minor_pass_challenge_age"].value
     assert not (frame["expected_age"].to_numpy()[minors] >= zero).any()
-    assert metrics["gate18/zero_error_pass_rate_bound"].value == pytest.approx(3 / minors.sum())
+    assert metrics["gate18/no_minor_pass_rate_bound"].value == pytest.approx(3 / minors.sum())
 
 
 def test_band_test_matches_brute_force():
@@ -72,8 +72,10 @@ def test_band_test_matches_brute_force():
     age, predicted = frame["age"].to_numpy(), frame["expected_age"].to_numpy()
     inside = [13 <= p < 17 for p in predicted]
     teen = [13 <= a < 17 for a in age]
-    assert metrics["band13_16/tpr"].value == pytest.approx(np.mean([i for i, t in zip(inside, teen, strict=True) if t]))
-    assert metrics["band13_16/fpr_under13"].value == pytest.approx(np.mean(np.array(inside)[age < 13]))
+    assert metrics["band13_16/in_band_rate"].value == pytest.approx(
+        np.mean([i for i, t in zip(inside, teen, strict=True) if t])
+    )
+    assert metrics["band13_16/under13_in_band_rate"].value == pytest.approx(np.mean(np.array(inside)[age < 13]))
 
 
 def test_metrics_undefined_on_the_data_are_not_measurable_with_a_reason():
@@ -82,7 +84,7 @@ def test_metrics_undefined_on_the_data_are_not_measurable_with_a_reason():
     metrics, _ = age_metrics(adults, [18.0], 0.9, calibrated=True)
     assert not metrics["gate18/minor_pass_rate"].measurable
     assert metrics["gate18/minor_pass_rate"].text() == "not measurable: no people under 18 in this data"
-    assert metrics["gate18/zero_error_challenge_age"].text().startswith("not measurable:")
+    assert metrics["gate18/no_minor_pass_challenge_age"].text().startswith("not measurable:")
 
 
 def test_subject_bootstrap_covers_the_truth_at_least_90_percent_of_the_time():
@@ -131,7 +133,7 @@ def test_content_metrics_match_references():
     explicit_scenes = set(scenes[labels == 2])
     caught = [s for s in explicit_scenes if flagged[(scenes == s) & (labels == 2)].all()]  # every explicit frame
     assert metrics["recall_explicit/recall"].value == pytest.approx(len(caught) / len(explicit_scenes))
-    assert metrics["recall_explicit/fpr"].value == pytest.approx(fpr)
+    assert metrics["recall_explicit/false_alarm_rate"].value == pytest.approx(fpr)
     assert metrics["recall_explicit/precision_at_base_rate"].value == pytest.approx(
         recall * 0.005 / (recall * 0.005 + fpr * 0.995)
     )
@@ -140,7 +142,7 @@ def test_content_metrics_match_references():
     threshold_fpr = [
         ((probs[:, 1:].sum(1) >= t) & ~unsafe).sum() / (~unsafe).sum() for t in np.sort(probs[:, 1:].sum(1))
     ]
-    assert metrics["unsafe/fpr_at_recall0.95"].value <= max(threshold_fpr)
+    assert metrics["unsafe/false_alarm_rate_at_recall0.95"].value <= max(threshold_fpr)
 
 
 def test_fairness_flags_an_injected_disparity_and_not_parity():
@@ -197,7 +199,7 @@ def test_error_table_and_interval_coverage_match_brute_force():
     assert table.loc["10", "n"] == len(ten)
     assert table.loc["10", "mae"] == pytest.approx(errors.abs().mean())
     assert table.loc["10", "bias"] == pytest.approx(errors.mean())
-    assert table.loc["10", "cs5"] == pytest.approx((errors.abs() <= 5).mean())
+    assert table.loc["10", "within_5y"] == pytest.approx((errors.abs() <= 5).mean())
     assert table.loc["10", "p95_abs_error"] == pytest.approx(np.percentile(errors.abs(), 95))
     inside = [
         lo <= a <= hi for a, lo, hi in zip(frame["age"], frame["interval_low"], frame["interval_high"], strict=True)

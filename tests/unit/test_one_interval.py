@@ -190,7 +190,7 @@ def test_content_point_recall_and_precision_equal_the_contracts():
         1 - contract["miss_rate_ci_high"],
         1 - contract["miss_rate_ci_low"],
     )
-    assert metrics["recall_explicit/fpr"].value == contract["false_alarm_rate"]
+    assert metrics["recall_explicit/false_alarm_rate"].value == contract["false_alarm_rate"]
     assert metrics["recall_explicit/precision_at_base_rate"].value == contract["precision_at_base_rate"]
 
 
