@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +44,26 @@ def exported_age(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("exported-age")
     bundle, _ = publish_bundle(_settings(root), inputs, root)
     return bundle, module, inputs.state
+
+
+@pytest.fixture
+def stages_in_process(monkeypatch):
+    """Each `childsafe <stage>` the pipeline starts runs in this process: the same entry point, minus
+    five torch imports per pipeline. Its exit status is what the process would have returned."""
+    from scripts import cli
+    from scripts import pipeline as pipeline_module
+
+    real_run = subprocess.run
+
+    def run_here(command, **kwargs):
+        if command[:3] != [sys.executable, "-m", "scripts.cli"]:
+            return real_run(command, **kwargs)  # git and the like, which the stages start themselves
+        monkeypatch.setattr(sys, "argv", list(sys.argv))
+        monkeypatch.setattr(sys.modules["__main__"], "__spec__", getattr(sys.modules["__main__"], "__spec__", None))
+        try:
+            code = cli.main(command[3:])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        return subprocess.CompletedProcess(command, code)
+
+    monkeypatch.setattr(pipeline_module.subprocess, "run", run_here)

@@ -17,7 +17,6 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from evaluation.glossary import entries_for
-from scripts import cli
 from scripts import pipeline as pipeline_module
 from scripts.hydra_app import register_resolvers, validate
 from tracking.errors import WorkbenchError
@@ -150,27 +149,6 @@ def test_the_data_fingerprint_notices_changed_files(tmp_path):
     assert "train data changed" in pipeline_module.why_run(
         "train", record, {"config": record["config"], "data": "other"}
     )
-
-
-@pytest.fixture
-def stages_in_process(monkeypatch):
-    """Each `childsafe <stage>` the pipeline starts runs in this process: the same entry point, minus
-    five torch imports per pipeline. Its exit status is what the process would have returned."""
-
-    real_run = subprocess.run
-
-    def run_here(command, **kwargs):
-        if command[:3] != [sys.executable, "-m", "scripts.cli"]:
-            return real_run(command, **kwargs)  # git and the like, which the stages start themselves
-        monkeypatch.setattr(sys, "argv", list(sys.argv))
-        monkeypatch.setattr(sys.modules["__main__"], "__spec__", getattr(sys.modules["__main__"], "__spec__", None))
-        try:
-            code = cli.main(command[3:])
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        return subprocess.CompletedProcess(command, code)
-
-    monkeypatch.setattr(pipeline_module.subprocess, "run", run_here)
 
 
 @pytest.mark.parametrize("experiment", ["age_synthetic", "content_synthetic"])
