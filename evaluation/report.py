@@ -135,11 +135,13 @@ def write_report(
     verdict: str | None = None,
     scorecard: pd.DataFrame | None = None,
     headline: list[str] | None = None,
+    versus: tuple[str, pd.DataFrame | None] | None = None,
 ) -> tuple[Path, Path]:
     """Write `<path>.html` and `<path>.md`; returns both paths.
 
     A reviewer reads the decision first: the verdict and scorecard, then the `headline` metrics (keys of
-    `metrics`, `evaluation.glossary.metrics_table`'s frame) with units. The full metric list comes last,
+    `metrics`, `evaluation.glossary.metrics_table`'s frame) with units, and `versus`: the comparison with
+    the champion (a sentence, and `childsafe compare`'s table when there is one). The full metric list comes last,
     collapsed. `context` lines are markdown; links in them become HTML links.
     """
     readable = _readable(metrics)
@@ -152,6 +154,9 @@ def write_report(
         )
     if scorecard is not None:
         lead += ["<h2>Safety scorecard</h2>", _table_html(scorecard)]
+    if versus is not None:
+        lead += ['<h2 id="versus-champion">Against the champion</h2>', f"<p>{html.escape(versus[0])}</p>"]
+        lead += [] if versus[1] is None else [_table_html(versus[1])]
     body = [
         f"<h1>{html.escape(title)}</h1>",
         *lead,
@@ -192,6 +197,9 @@ def write_report(
         markdown += [f"**{verdict}**", ""]
     if scorecard is not None:
         markdown += ["## Safety scorecard", "", scorecard.to_markdown(index=False), ""]
+    if versus is not None:
+        markdown += ["## Against the champion", "", versus[0], ""]
+        markdown += [] if versus[1] is None else [versus[1].to_markdown(index=False), ""]
     markdown += [*[f"- {c}" for c in context], "", "## Headline metrics", "", top.to_markdown(index=False)]
     for name, frame in sections.items():
         markdown += ["", f"## {name}", "", frame.to_markdown(index=False) if len(frame) else "(empty)"]

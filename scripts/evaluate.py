@@ -199,16 +199,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         | {f"{prefix}/fairness/flagged_slices": Estimate(float(len(flagged)), n=len(fairness))}
     )
     headline = [key for key in table["metric"] if HEADLINE.fullmatch(key.removeprefix(f"{prefix}/"))]
-    html_path, md_path = report.write_report(
-        output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict, card,
-        headline,
-    )  # fmt: skip
     with stage_run("evaluate", calibration_run or trained.run_id, state.task, trained.experiment) as (
         client,
         mlflow_run,
     ):
         numbers = log_figures(client, mlflow_run, table)
         record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule)
+        versus = champion_deltas(client, cfg.champion, mlflow_run) if cfg.split == "test" else None
+        html_path, md_path = report.write_report(
+            output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict,
+            card, headline, versus,
+        )  # fmt: skip
         figures_dir = output_dir / "figures"
         figures_dir.mkdir(exist_ok=True)
         for name, png in report.figure_files(figures).items():
@@ -222,13 +223,34 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             output_dir / "robustness.csv",
         ):
             client.log_artifact(mlflow_run, str(artefact), "evaluation")
-        describe_evaluation(client, mlflow_run, trained.run_id, calibration_run, card, verdict, html_path.name)
+        describe_evaluation(client, mlflow_run, trained.run_id, calibration_run, card, verdict, html_path.name, versus)
     show_metrics(
         {k: v for k, v in numbers.items() if "/challenge_age" not in k and "_ci_" not in k},
         f"evaluation of {state.task} on {cfg.split}",
         {"report": str(html_path), "flagged slices": str(len(flagged)), "mlflow run": mlflow_run},
     )
     return numbers
+
+
+def champion_deltas(client, champion: str | None, run_id: str) -> tuple[str, pd.DataFrame | None]:
+    """This run against the champion, criterion by criterion as `childsafe compare` judges them, or why not."""
+    from mlflow.exceptions import MlflowException
+
+    from scripts import compare
+
+    if not champion:
+        return "No champion to compare with (champion=null).", None
+    try:
+        baseline = compare.resolve(client, champion)
+    except (WorkbenchError, MlflowException) as error:
+        return f"No comparison with the champion: {error}", None
+    if baseline.run.info.run_id == run_id:
+        return f"This run is the champion's own evaluation ({champion}).", None
+    this = compare.resolve(client, run_id)
+    table = compare.comparison_table([baseline, this], compare.promotion_tolerances())
+    verdicts = table["verdict B"].value_counts()
+    summary = ", ".join(f"{count} {verdict}" for verdict, count in verdicts.items())
+    return f"Against the champion {champion} ({baseline.via}; A is the champion, B this run): {summary}.", table
 
 
 def log_figures(client, run_id: str, table: pd.DataFrame) -> dict[str, float]:
@@ -272,11 +294,20 @@ def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_r
 
 
 def describe_evaluation(
-    client, run_id: str, train_run_id: str | None, calibration_run: str | None, card, verdict: str | None, report: str
+    client,
+    run_id: str,
+    train_run_id: str | None,
+    calibration_run: str | None,
+    card,
+    verdict: str | None,
+    report: str,
+    versus: tuple[str, pd.DataFrame | None] | None,
 ) -> None:
     """The scorecard as an MLflow table, the verdict as the run's description, and a line on the train run."""
     report_link = f"[the report]({run_link(client, run_id, f'evaluation/{report}')})"
     lines = [f"**Safety verdict: {verdict}**" if verdict else "**Uncalibrated evaluation: no safety verdict.**", ""]
+    if versus is not None:
+        lines += [versus[0], ""]
     if card is not None:
         client.log_table(run_id, data=card, artifact_file="evaluation/scorecard.json")
         lines.append(f"Scorecard: `evaluation/scorecard.json` (one row per operating point); {report_link}.")

@@ -58,10 +58,10 @@ def test_a_reviewer_compares_two_pipelines_and_reads_the_decision_in_the_mlflow_
                 f"export.release_dir={tmp_path / 'releases'}",
             ])  # fmt: skip
             pipeline_module.main()
+            if seed == 1:  # promotion refuses debug=smoke runs by design: the reviewer makes v1 champion by hand
+                MlflowClient(server.url).set_registered_model_alias(NAME, CHAMPION, "1")
         assert capsys.readouterr().out.count("pipeline complete") == 2
         client = MlflowClient(server.url)
-        # Promotion refuses debug=smoke runs by design, so the reviewer makes the first version champion by hand.
-        client.set_registered_model_alias(NAME, CHAMPION, "1")
         assert client.get_model_version_by_alias(NAME, CANDIDATE).version == "2"
 
         table = compare_module.compare(
@@ -79,6 +79,9 @@ def test_a_reviewer_compares_two_pipelines_and_reads_the_decision_in_the_mlflow_
         train_run = client.get_run(candidate.run.data.tags["lineage.parent_run_id"]).data.tags["lineage.parent_run_id"]
         report = Path(client.download_artifacts(evaluate_run, "evaluation/report.html", str(tmp_path))).read_text()
         assert f'<a href="{server.url}/#/experiments/{experiment}/runs/{train_run}">{train_run}</a>' in report
+        # The second pipeline's evaluation is judged against the champion on top of its report.
+        assert report.index("Safety scorecard") < report.index('id="versus-champion"') < report.index("Headline")
+        assert f"Against the champion {NAME}@{CHAMPION} (v1, " in report and "headline mae" in report
 
         # The evaluate run: its description leads with the verdict and links the report.
         dom, text = rendered_text(browser, f"{server.url}/#/experiments/{experiment}/runs/{evaluate_run}")
@@ -86,6 +89,7 @@ def test_a_reviewer_compares_two_pipelines_and_reads_the_decision_in_the_mlflow_
         assert verdict, text[:3000]
         assert f'href="{server.url}/{report_route}"' in dom, "the description's report link"
         assert "test/age/mae" in text and "test/age/mae_ci_low" not in text  # values as metrics, intervals in tables
+        assert f"Against the champion {NAME}@{CHAMPION}" in text
 
         # The model version: its description says what it is, its verdict and where its runs and report are.
         dom, text = rendered_text(browser, f"{server.url}/#/models/{NAME}/versions/2")
