@@ -14,28 +14,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 
-def _png(figure) -> str:
+def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def figure_files(figures: dict[str, str]) -> dict[str, bytes]:
-    """The report's embedded PNGs as files (`<slug>.png`: bytes), so MLflow's UI can show each one on its own."""
-    files = {}
-    for name, uri in figures.items():
-        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        files[f"{slug}.png"] = base64.b64decode(uri.split(",", 1)[1])
-    return files
+def figure_file(name: str) -> str:
+    """The file name a report figure is logged under (`mlflow.log_figure`), so the UI shows it on its own."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") + ".png"
 
 
-def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> str:
+def close(figures: dict[str, Figure]) -> None:
+    for figure in figures.values():
+        plt.close(figure)
+
+
+def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> Figure:
     figure, axis = plt.subplots(figsize=(4.5, 4.2))
     axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
     for label, (probs, outcome) in curves.items():
@@ -44,10 +45,10 @@ def reliability_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: st
             axis.plot(predicted, observed, marker="o", markersize=3, label=label)
     axis.set(xlabel="predicted probability", ylabel="observed frequency", title=title)
     axis.legend(fontsize=7)
-    return _png(figure)
+    return figure
 
 
-def roc_pr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+def roc_pr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
     figure, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4))
     for label, (score, positive) in curves.items():
         if positive.any() and (~positive).any():
@@ -58,10 +59,10 @@ def roc_pr_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", xscale="log", xlim=(1e-3, 1))
     pr.set(xlabel="recall", ylabel="precision", title="precision-recall")
     roc.legend(fontsize=7)
-    return _png(figure)
+    return figure
 
 
-def error_by_age_plot(table: pd.DataFrame) -> str:
+def error_by_age_plot(table: pd.DataFrame) -> Figure:
     figure, axis = plt.subplots(figsize=(9, 3.5))
     axis.bar(table["true_age"], table["mae"], color="#4c72b0", label="MAE")
     axis.plot(table["true_age"], table["bias"], color="#dd8452", marker="o", markersize=3, label="signed bias")
@@ -69,10 +70,10 @@ def error_by_age_plot(table: pd.DataFrame) -> str:
     axis.set(xlabel="true age (years)", ylabel="years", title="error vs true age")
     axis.tick_params(axis="x", labelrotation=60, labelsize=7)
     axis.legend(fontsize=7)
-    return _png(figure)
+    return figure
 
 
-def gate_plot(table: pd.DataFrame, gate: float) -> str:
+def gate_plot(table: pd.DataFrame, gate: float) -> Figure:
     figure, axis = plt.subplots(figsize=(9, 3.5))
     for kind, colour in (("minor pass", "#c44e52"), ("false rejection", "#4c72b0")):
         part = table[table["kind"] == kind]
@@ -81,10 +82,10 @@ def gate_plot(table: pd.DataFrame, gate: float) -> str:
     axis.axvline(gate, color="grey", linestyle="--", linewidth=1)
     axis.set(xlabel="true age (years)", ylabel="rate (95% CI band)", title=f"gate {gate:g} at its operating point")
     axis.legend(fontsize=7)
-    return _png(figure)
+    return figure
 
 
-def group_bars_plot(table: pd.DataFrame, metric: str) -> str:
+def group_bars_plot(table: pd.DataFrame, metric: str) -> Figure:
     part = table[(table["metric"] == metric) & table["value_num"].notna()]
     figure, axis = plt.subplots(figsize=(9, 3.8))
     labels = [f"{a}: {v}" for a, v in zip(part["attribute"], part["value"], strict=True)]
@@ -99,7 +100,7 @@ def group_bars_plot(table: pd.DataFrame, metric: str) -> str:
     axis.bar(range(len(values)), values, yerr=errors, color=colours, capsize=2)
     axis.set_xticks(range(len(values)), labels, rotation=60, ha="right", fontsize=7)
     axis.set(title=f"{metric} per group (red: CI excludes the overall value)")
-    return _png(figure)
+    return figure
 
 
 def _table_html(frame: pd.DataFrame) -> str:
@@ -131,7 +132,7 @@ def write_report(
     context: list[str],
     metrics: pd.DataFrame,
     sections: dict[str, pd.DataFrame],
-    figures: dict[str, str],
+    figures: dict[str, Figure],
     verdict: str | None = None,
     scorecard: pd.DataFrame | None = None,
     headline: list[str] | None = None,
@@ -166,8 +167,8 @@ def write_report(
         "<h2>Headline metrics</h2>",
         _table_html(top),
     ]
-    for name, uri in figures.items():
-        body += [f"<h2>{html.escape(name)}</h2>", f'<img alt="{html.escape(name)}" src="{uri}">']
+    for name, figure in figures.items():
+        body += [f"<h2>{html.escape(name)}</h2>", f'<img alt="{html.escape(name)}" src="{_png(figure)}">']
     for name, frame in sections.items():
         body += [f"<h2>{html.escape(name)}</h2>", _table_html(frame)]
     body += [

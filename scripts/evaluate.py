@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
@@ -210,11 +211,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict,
             card, headline, versus,
         )  # fmt: skip
-        figures_dir = output_dir / "figures"
-        figures_dir.mkdir(exist_ok=True)
-        for name, png in report.figure_files(figures).items():
-            (figures_dir / name).write_bytes(png)
-        client.log_artifacts(mlflow_run, str(figures_dir), "evaluation/figures")  # shown as images by the UI
+        for name, figure in figures.items():
+            client.log_figure(mlflow_run, figure, f"evaluation/figures/{report.figure_file(name)}")
+        report.close(figures)
         for artefact in (
             html_path,
             md_path,
@@ -343,7 +342,7 @@ def robustness_table(module, state, images, rows, coverage, functions, overall, 
     return pd.DataFrame(records)
 
 
-def figures_for(frame, state, tables, fairness, headline_name) -> dict[str, str]:
+def figures_for(frame, state, tables, fairness, headline_name) -> dict[str, Figure]:
     figures = {}
     if state.task == "age":
         minors = {

@@ -32,7 +32,9 @@ def test_report_opens_in_headless_chromium_with_all_images(tmp_path):
         tmp_path / "report",
         "browser check",
         ["synthetic data"],
-        metrics_table({"test/age/mae": Estimate(3.2, 3.0, 3.4, 100), "test/age/gate13/ece": not_measurable("none")}),
+        metrics_table(
+            {"test/age/mae": Estimate(3.2, 3.0, 3.4, 100), "test/age/gate13/ece": not_measurable("no minors")}
+        ),
         {"table": pd.DataFrame({"a": [1.0, np.nan]})},
         figures,
     )
