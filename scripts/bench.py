@@ -335,7 +335,7 @@ def write_into_docs(path: Path, table: str, section: str = "bench") -> None:
     if start not in text:
         raise WorkbenchError(
             f"{path} has no {start} ... {end} section for the harness to fill (or does not exist). Add the two "
-            "markers where the table belongs, or leave the docs alone (childsafe bench: docs_file=null; make "
+            "markers where the table belongs, or leave the docs alone (childsafe bench: drop docs_file; make "
             "gpu-check: GPU_CHECK_DOCS=); the table is printed and kept in the run folder either way."
         )
     head, rest = text.split(start, 1)

@@ -31,8 +31,9 @@ from rich.tree import Tree
 
 from scripts.stage_help import CONFIG_DIR, config_groups, stage_help
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import REPO_ROOT, default_tracking_uri, ensure_experiment
+from tracking.mlflow_run import default_tracking_uri, ensure_experiment, workbench_home
 
+SEARCHPATH = "hydra.searchpath="  # `hydra.searchpath=[file:///team/configs]`: more folders to find options in
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
 _ABSENT = object()
 console = Console()
@@ -54,8 +55,10 @@ def on_gpu(gpu_value: Any, cpu_value: Any, *, _root_: DictConfig) -> Any:
 
 
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("repo_root"):
-        OmegaConf.register_new_resolver("repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("workbench_home"):
+        OmegaConf.register_new_resolver("workbench_home", lambda: str(workbench_home()))
+    if not OmegaConf.has_resolver("config_dir"):
+        OmegaConf.register_new_resolver("config_dir", lambda: str(CONFIG_DIR))
     if not OmegaConf.has_resolver("on_gpu"):
         OmegaConf.register_new_resolver("on_gpu", on_gpu)
 
@@ -272,6 +275,7 @@ def compose_base(config_name: str, overrides: list[str]) -> DictConfig:
     No other check runs, so a caller can ask which keys a stage has before every required key is known.
     """
     groups = [o for o in overrides if _is_group(o.split("=", 1)[0]) and not _parse_override(o).is_sweep_override()]
+    groups += [o for o in overrides if o.startswith(SEARCHPATH)]  # a team's own config folders, searched too
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

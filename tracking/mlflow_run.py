@@ -19,13 +19,24 @@ import pandas as pd
 
 from tracking.errors import WorkbenchError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, or site-packages for an installed wheel
+HOME_ENV = "CHILDSAFE_HOME"
+
+
+def workbench_home() -> Path:
+    """Where outputs, the store, the cache and releases go: `$CHILDSAFE_HOME`, else the working directory.
+
+    Never the package's own folder, so an installed wheel works from any folder as the checkout does.
+    """
+    return Path(os.environ.get(HOME_ENV) or os.getcwd()).resolve()
+
+
 TRACKED_PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "hydra-core", "onnx", "onnxruntime")
 
 
 def default_tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under the repo's `mlruns/`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlruns' / 'mlflow.db'}"
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under `mlruns/` of the workbench home."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workbench_home() / 'mlruns' / 'mlflow.db'}"
 
 
 def default_artifact_root(tracking_uri: str) -> str | None:
@@ -70,9 +81,15 @@ def check_tracking_uri(uri: str, timeout_s: float = 5.0) -> None:
 
 
 def git_state() -> dict[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    """The source checkout's commit; "unknown" for an installed wheel (whose folder may sit inside some
+    unrelated repository, so git is asked only where the package's parent is a checkout)."""
 
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=SOURCE_ROOT, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    if not (SOURCE_ROOT / ".git").exists():
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
     try:
         return {"git.commit": git("rev-parse", "HEAD"), "git.dirty": str(bool(git("status", "--porcelain"))).lower()}
     except (subprocess.CalledProcessError, FileNotFoundError):

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from scripts.hydra_app import CONFIG_DIR, register_resolvers
-from tracking.mlflow_run import REPO_ROOT
+from tracking.mlflow_run import SOURCE_ROOT as REPO_ROOT
 
 
 @pytest.fixture(params=["age_synthetic", "content_synthetic"])

@@ -14,7 +14,7 @@ from datamodules.datamodule import CachedImageDataset
 from models.resize import Framing
 from scripts.hydra_app import register_resolvers, validate
 from tracking.errors import WorkbenchError
-from tracking.mlflow_run import REPO_ROOT
+from tracking.mlflow_run import SOURCE_ROOT as REPO_ROOT
 
 FRAMING = Framing(72, 64)  # a cache with a 4 px border on each side
 

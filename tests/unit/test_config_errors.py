@@ -27,6 +27,24 @@ def test_experiments_compose_with_the_smoke_debug(tmp_path, experiment):
     assert cfg.data.generator.num_subjects == 150
 
 
+def test_a_teams_own_config_folder_is_searched_and_defaults_follow_the_working_directory(tmp_path, monkeypatch):
+    """An experiment kept outside the package (hydra.searchpath), and outputs under $CHILDSAFE_HOME, else the cwd."""
+    (tmp_path / "team" / "experiment").mkdir(parents=True)
+    (tmp_path / "team" / "experiment" / "team_age.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - age_synthetic\nseed: 7\n"
+    )
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'team'}]"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CHILDSAFE_HOME", raising=False)
+    cfg = validate("train", [searchpath, "experiment=team_age", "debug=smoke"])
+    assert cfg.seed == 7 and cfg.paths.log_dir == str(tmp_path / "outputs")
+    assert cfg.paths.cache_dir == str(tmp_path / ".cache" / "datasets")
+    monkeypatch.setenv("CHILDSAFE_HOME", str(tmp_path / "home"))
+    assert validate("train", ["experiment=age_synthetic"]).paths.log_dir == str(tmp_path / "home" / "outputs")
+    with pytest.raises(WorkbenchError, match="Could not find 'experiment/team_age'"):
+        validate("train", ["experiment=team_age"])  # without the search path, the option is unknown
+
+
 def test_typo_in_a_key_names_the_key_and_the_valid_keys(tmp_path):
     with pytest.raises(WorkbenchError) as error:
         validate("train", ["trainer.max_epochz=3", *_folders(tmp_path)])
