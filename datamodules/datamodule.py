@@ -101,8 +101,10 @@ class CachedDataModule(L.LightningDataModule):
         sampler_max_ratio: float = 10.0,
         input_size: int | None = None,
         augment: Augmentation | None = None,
+        slice_attributes: tuple[str, ...] = (),
     ):
         super().__init__()
+        self.slice_attributes = list(slice_attributes)  # the columns evaluate and the contract slice by
         self.input_size = input_size
         self.augment = augment
         if sampler not in SAMPLERS:

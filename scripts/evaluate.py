@@ -151,7 +151,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     functions = headline_functions(state)
     overall = {name: function(frame) for name, function in functions.items()}
-    attributes = list(cfg.evaluation.slice_attributes)
+    attributes = list(cfg.evaluation.slice_attributes or datamodule.slice_attributes)
     fairness = fairness_table(frame, attributes, functions, overall)
     headline_name = "mae" if state.task == "age" else "accuracy"
     per_rows = _per_rows(frame, state)
@@ -277,7 +277,7 @@ def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_r
         "split": cfg.split,
         "coverage": settings.coverage,
         "base_rate": settings.base_rate,
-        "slice_attributes": ",".join(settings.slice_attributes),
+        "slice_attributes": ",".join(settings.slice_attributes or datamodule.slice_attributes) or "none",
         "calibration_run": calibration_run or "none (uncalibrated)",
         "train_run": train_run or "none (a checkpoint)",
         "device": cfg.device,

@@ -291,8 +291,11 @@ def export(cfg: DictConfig) -> dict[str, float]:
         data,
         release_record(trained.config, state),
     )
+    settings = OmegaConf.merge(
+        cfg.export, {"slice_attributes": list(cfg.export.slice_attributes or datamodule.slice_attributes)}
+    )
     with stage_run("export", calibration_run or trained.run_id, state.task, trained.experiment) as (client, run_id):
-        bundle, contract = publish_bundle(cfg.export, inputs, output_dir)
+        bundle, contract = publish_bundle(settings, inputs, output_dir)
         metrics = {
             f"export/{state.task}/parity_max_abs_diff/{k}": v
             for k, v in contract["metrics"]["parity"]["max_abs_diff"].items()

@@ -219,6 +219,7 @@ def test_evaluate_age_writes_report_predictions_and_linked_run(trained, shared_c
         "base_rate": "0.005",
     }
     assert evaluated.data.params["calibration_run"] == evaluated.data.tags["lineage.parent_run_id"]
+    assert evaluated.data.params["slice_attributes"] == "sex,skin_tone_bin"  # the data config's, not a global list
     shown = {a.path for a in client.list_artifacts(evaluated.info.run_id, "evaluation/figures")}
     assert "evaluation/figures/reliability_of_p_age_t.png" in shown and len(shown) == html.count("<img")
     (split_input,) = evaluated.inputs.dataset_inputs

@@ -10,6 +10,7 @@ checkout itself is not importable there.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -31,7 +32,13 @@ def run(command: list, cwd: Path, env: dict[str, str], timeout: int = 600) -> st
 def test_the_installed_wheel_trains_and_runs_the_pipeline_from_an_empty_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "CHILDSAFE_HOME", "PYTHONPATH")}
     wheels, venv, work = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty"
-    for project in (REPO, REPO / "runtime"):
+    # Built from tracked files only: a stale build/ folder in the checkout would otherwise ride into the wheel.
+    source = tmp_path / "source"
+    files = run(["git", "ls-files", "-z"], REPO, env).split("\0")
+    for name in filter(None, files):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    for project in (source, source / "runtime"):
         pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels, project]
         run(pip, tmp_path, env)
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)

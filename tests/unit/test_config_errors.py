@@ -45,6 +45,19 @@ def test_a_teams_own_config_folder_is_searched_and_defaults_follow_the_working_d
         validate("train", ["experiment=team_age"])  # without the search path, the option is unknown
 
 
+@pytest.mark.parametrize(
+    ("experiment", "attributes"),
+    [("age_synthetic", ["sex", "skin_tone_bin"]), ("content_synthetic", ["palette"]), ("age_utkface", ["sex", "race"])],
+)
+def test_each_data_config_names_its_own_fairness_slices(tmp_path, experiment, attributes):
+    """Evaluate and export slice by the training data's attributes (evaluate.evaluation.slice_attributes=null)."""
+    overrides = [f"experiment={experiment}", *_folders(tmp_path)]
+    if experiment == "age_utkface":
+        overrides.append(f"data.root={tmp_path}")
+    assert list(validate("train", overrides).data.slice_attributes) == attributes
+    assert validate("evaluate", _folders(tmp_path)).evaluation.slice_attributes is None
+
+
 def test_typo_in_a_key_names_the_key_and_the_valid_keys(tmp_path):
     with pytest.raises(WorkbenchError) as error:
         validate("train", ["trainer.max_epochz=3", *_folders(tmp_path)])
