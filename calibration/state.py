@@ -15,6 +15,9 @@ from tracking.errors import WorkbenchError
 SCHEMA_VERSION = 1
 
 
+UNCALIBRATED_COVERAGE = 0.9  # names the (not measurable) interval figures of a model without intervals
+
+
 @dataclass
 class CalibrationState:
     task: str
@@ -27,6 +30,19 @@ class CalibrationState:
     ood: OODCalibration | None = None  # the abstain score's statistics and threshold (calibration/ood.py)
     max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
     schema_version: int = SCHEMA_VERSION
+
+    def interval_coverage(self, requested: float | None) -> float:
+        """The age interval coverage evaluate and export use: `requested`, else the one calibrate fitted, so
+        the coverage is set once (calibration.age.coverages) rather than in every stage's config."""
+        fitted = [i.coverage for i in self.age.intervals] if self.age is not None else []
+        if requested is not None:
+            return float(requested)
+        if len(fitted) > 1:
+            raise WorkbenchError(
+                f"The calibration fitted age intervals at coverages {fitted}; name the one to use "
+                "(evaluation.coverage=..., export.coverage=...)."
+            )
+        return fitted[0] if fitted else UNCALIBRATED_COVERAGE
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=False)

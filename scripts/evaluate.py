@@ -130,13 +130,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             f"Splits present: {sorted(datamodule.load().manifest['split'].unique())}."
         )
     images = np.asarray(datamodule.load().images[rows.index.to_numpy()])
-    frame = predictions_frame(module, state, images, rows, cfg.evaluation.coverage, cfg.device)
+    coverage = state.interval_coverage(cfg.evaluation.coverage)
+    frame = predictions_frame(module, state, images, rows, coverage, cfg.device)
 
     if state.task == "age":
         metrics, tables = age_metrics(
             frame,
             [g.gate for g in state.age.gates],
-            cfg.evaluation.coverage,
+            coverage,
             calibrated=calibrated,
             near_gate={p.gate: [year["age"] for year in p.test.get("near_gate", [])] for p in state.operating_points},
         )
@@ -161,7 +162,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             if attribute in frame.columns
             else not_measurable(f"the data has no '{attribute}' column")
         )
-    robustness = robustness_table(module, state, images, rows, cfg.evaluation.coverage, functions, overall, cfg.device)
+    robustness = robustness_table(module, state, images, rows, coverage, functions, overall, cfg.device)
 
     frame.to_parquet(output_dir / "predictions.parquet", index=False)
     fairness.to_csv(output_dir / "fairness.csv", index=False)
@@ -205,7 +206,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         mlflow_run,
     ):
         numbers = log_figures(client, mlflow_run, table)
-        record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule)
+        record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule, coverage)
         versus = champion_deltas(client, cfg.champion, mlflow_run) if cfg.split == "test" else None
         html_path, md_path = report.write_report(
             output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict,
@@ -270,12 +271,12 @@ def _run_reference(run_id: str | None) -> str:
     return f"[{run_id}]({run_link(MlflowClient(), run_id)})"
 
 
-def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule) -> None:
+def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule, coverage) -> None:
     """What was measured, and how: the settings as parameters and the split as an `mlflow.data` input."""
     settings = cfg.evaluation
     params = {
         "split": cfg.split,
-        "coverage": settings.coverage,
+        "coverage": coverage,
         "base_rate": settings.base_rate,
         "slice_attributes": ",".join(settings.slice_attributes or datamodule.slice_attributes) or "none",
         "calibration_run": calibration_run or "none (uncalibrated)",

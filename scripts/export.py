@@ -278,12 +278,13 @@ def export(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     state, calibration_run, trained, module = load_calibrated_model(cfg, output_dir / "source")
     datamodule = trained.datamodule()
+    coverage = state.interval_coverage(cfg.export.coverage)
     cached = datamodule.load()
     rows = cached.manifest[cached.manifest["split"].isin(["calib", "test"])]
     data = datamodule.data_record() | manifest_record(cached.manifest_path)
     inputs = ExportInputs(
         module,
-        build_wrapper(module, state, cfg.export.coverage),
+        build_wrapper(module, state, coverage),
         state,
         np.asarray(cached.images[rows.index.to_numpy()]),
         rows,
@@ -292,7 +293,8 @@ def export(cfg: DictConfig) -> dict[str, float]:
         release_record(trained.config, state),
     )
     settings = OmegaConf.merge(
-        cfg.export, {"slice_attributes": list(cfg.export.slice_attributes or datamodule.slice_attributes)}
+        cfg.export,
+        {"coverage": coverage, "slice_attributes": list(cfg.export.slice_attributes or datamodule.slice_attributes)},
     )
     with stage_run("export", calibration_run or trained.run_id, state.task, trained.experiment) as (client, run_id):
         bundle, contract = publish_bundle(settings, inputs, output_dir)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from calibration.age import AgeCalibration, conformal_quantile
+from calibration.age import AgeCalibration, ConformalIntervals, conformal_quantile
 from calibration.content import ContentCalibration
 from calibration.metrics import multiclass_scores
 from calibration.state import CalibrationState
@@ -145,3 +145,17 @@ def test_asking_for_an_interval_coverage_calibrate_did_not_fit_names_the_ones_it
     assert calibration.intervals_at(0.9) is intervals[0]
     with pytest.raises(WorkbenchError, match=r"coverage 0.8: the calibration state has \[0.9\]"):
         calibration.intervals_at(0.8)
+
+
+def test_the_interval_coverage_is_set_once_by_calibrate():
+    """Evaluate and export use the coverage calibrate fitted, unless told otherwise; several need a choice."""
+
+    def state(*coverages: float) -> CalibrationState:
+        intervals = [ConformalIntervals(coverage=c, quantile=1.5, calib_size=10) for c in coverages]
+        return CalibrationState("age", None, "", 0.95, age=AgeCalibration(1.0, [], intervals, 0, 100.0))
+
+    assert state(0.8).interval_coverage(None) == 0.8
+    assert state(0.8, 0.9).interval_coverage(0.9) == 0.9
+    with pytest.raises(WorkbenchError, match=r"coverages \[0.8, 0.9\]; name the one to use"):
+        state(0.8, 0.9).interval_coverage(None)
+    assert state().interval_coverage(None) == 0.9  # no intervals: their figures are named, and not measurable
