@@ -12,10 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from evaluation.stats import Estimate
+if TYPE_CHECKING:  # compare reads the table without scipy, which evaluation.stats imports
+    from evaluation.stats import Estimate
 
 PLACEHOLDERS = {
     "task": r"(?:age|content)",
@@ -414,7 +416,7 @@ def metric_values(table: pd.DataFrame) -> tuple[dict[str, float], dict[str, str]
     """What MLflow gets as metrics: every measured value and the headline bounds; the rest's reasons."""
     numbers, unmeasured = {}, {}
     for row in table.itertuples():
-        if row.value is None or pd.isna(row.value):
+        if pd.isna(row.value):
             unmeasured[row.metric] = row.reason
             continue
         numbers[row.metric] = row.value

@@ -18,6 +18,8 @@ from matplotlib.figure import Figure
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from evaluation.stats import Estimate
+
 
 def _png(figure: Figure) -> str:
     buffer = io.BytesIO()
@@ -108,11 +110,9 @@ def _table_html(frame: pd.DataFrame) -> str:
 
 
 def estimate_text(row) -> str:
-    """A metrics-table row as `value [low, high] unit (n=...)`, or why it is not measurable."""
-    if row["value"] is None or pd.isna(row["value"]):
-        return f"not measurable: {row['reason']}"
-    interval = "" if pd.isna(row["ci_low"]) else f" [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
-    return f"{row['value']:.4f}{interval} (n={row['n']})"
+    """A metrics-table row as `Estimate.text` writes it: `value [low, high] (n=...)`, or why it is not measurable."""
+    value, low, high = (None if pd.isna(row[key]) else float(row[key]) for key in ("value", "ci_low", "ci_high"))
+    return Estimate(value, low, high, int(row["n"]), row["reason"]).text()
 
 
 def _readable(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -206,7 +206,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         mlflow_run,
     ):
         numbers = log_figures(client, mlflow_run, table)
-        record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule, coverage)
+        record_inputs(client, mlflow_run, cfg, calibration_run, trained.run_id, datamodule, coverage, attributes)
         versus = champion_deltas(client, cfg.champion, mlflow_run) if cfg.split == "test" else None
         html_path, md_path = report.write_report(
             output_dir / "report", f"Evaluation: {trained.task} model", context, table, sections, figures, verdict,
@@ -271,14 +271,16 @@ def _run_reference(run_id: str | None) -> str:
     return f"[{run_id}]({run_link(MlflowClient(), run_id)})"
 
 
-def record_inputs(client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule, coverage) -> None:
+def record_inputs(
+    client, run_id: str, cfg: DictConfig, calibration_run, train_run, datamodule, coverage, attributes
+) -> None:
     """What was measured, and how: the settings as parameters and the split as an `mlflow.data` input."""
     settings = cfg.evaluation
     params = {
         "split": cfg.split,
         "coverage": coverage,
         "base_rate": settings.base_rate,
-        "slice_attributes": ",".join(settings.slice_attributes or datamodule.slice_attributes) or "none",
+        "slice_attributes": ",".join(attributes) or "none",
         "calibration_run": calibration_run or "none (uncalibrated)",
         "train_run": train_run or "none (a checkpoint)",
         "device": cfg.device,
