@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pandas as pd
 from rich.progress import Progress
 
 from datamodules.manifest import assign_subject_splits, manifest_digest
+from datamodules.pool import worker_pool
 
 CACHE_FORMAT_VERSION = 1
 
@@ -75,7 +75,7 @@ def materialise(
             staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)
         )
         chunks = [list(range(i, min(i + 256, len(manifest)))) for i in range(0, len(manifest), 256)]
-        with Progress() as progress, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        with Progress() as progress, worker_pool(workers) as pool:
             task = progress.add_task(f"Rendering {generator.name}", total=len(manifest))
             futures = [pool.submit(_render_chunk, generator, manifest, chunk) for chunk in chunks]
             for chunk, future in zip(chunks, futures, strict=True):

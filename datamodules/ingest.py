@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from datamodules.integrity import (
 )
 from datamodules.licensed.base import FILTER_REASONS, candidates, image_files
 from datamodules.manifest import manifest_digest
+from datamodules.pool import worker_pool
 from datamodules.screening import MATCH_DISTANCE, HashList
 from datamodules.splits import assign_splits, label_strata, reuse_persisted
 from tracking.errors import WorkbenchError
@@ -98,7 +98,7 @@ def _inspect_all(
     hash_list = HashList.load(settings.hash_lists)
     starts = range(0, len(rows), CHUNK)
     found: list[dict] = []
-    with Progress() as progress, ProcessPoolExecutor(max(1, workers), initializer=start_worker) as pool:
+    with Progress() as progress, worker_pool(workers, initializer=start_worker) as pool:
         task = progress.add_task(f"Ingesting {name} (decode, hash, screen)", total=len(rows))
         cropping = Cropping(settings.crop, settings.image_size)
         futures = [

@@ -133,12 +133,7 @@ def inspect_file(
 
 
 def start_worker() -> None:
-    """Run once in each ingest process: torch on one thread.
-
-    A forked worker that enters the OpenMP thread pool its parent already started hangs forever
-    (the parent resized an image or trained first); with one thread torch never enters it, and a
-    pool of processes is the parallelism anyway.
-    """
+    """Run once in each ingest process: torch on one thread, as the pool of processes is the parallelism."""
     torch.set_num_threads(1)
 
 
