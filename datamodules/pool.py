@@ -6,7 +6,6 @@ import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
-
 # Imported once by the forkserver, so that each worker starts with them loaded instead of spending
 # seconds importing torch and pandas itself.
 PRELOAD = ["datamodules.cache", "datamodules.integrity", "datamodules.synthetic.content", "datamodules.synthetic.faces"]
