@@ -20,8 +20,8 @@ from scipy.optimize import minimize_scalar
 from sklearn.model_selection import KFold
 
 from calibration.isotonic import fit_isotonic
+from core.errors import WorkbenchError
 from models.age_heads import AgeHead
-from tracking.errors import WorkbenchError
 
 
 def fit_age_temperature(head: AgeHead, raw: torch.Tensor, age: torch.Tensor) -> float:

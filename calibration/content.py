@@ -13,7 +13,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from calibration.isotonic import fit_isotonic
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 METHODS = ("temperature", "vector", "isotonic")
 

@@ -25,9 +25,9 @@ from calibration.operating_points import (
     unit_rate,
 )
 from calibration.plots import reliability_diagram
+from core.errors import WorkbenchError
 from evaluation.content import protected
 from models.predict import as_numpy
-from tracking.errors import WorkbenchError
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 # How far below the lowest caught calib score a threshold sits: the parity gate's probability
 # tolerance, so any score the shipped graph computes within that tolerance is still caught.

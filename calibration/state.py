@@ -10,7 +10,7 @@ from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 SCHEMA_VERSION = 1
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from core.errors import WorkbenchError
 from models.resize import Framing
-from tracking.errors import WorkbenchError
 
 POLICIES = {"trivial_augment": v2.TrivialAugmentWide, "rand_augment": v2.RandAugment}
 MIX_STREAM = 1  # a batch's mixing draws from its own stream, apart from its first sample's

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 USES = ("research", "commercial")
 REQUIRED = (

@@ -14,12 +14,12 @@ import torch
 from childsafe_runtime.crop import CropConvention
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import WorkbenchError
 from datamodules.augment import Augmentation, AugmentedBatches
 from datamodules.cache import CachedDataset, materialise
 from datamodules.preview import save_preview
 from datamodules.resumable import SAMPLERS, ResumableLoader, ResumableShuffle, balanced_weights
 from models.resize import Framing
-from tracking.errors import WorkbenchError
 
 
 def leave_interrupts_to_training(worker_id: int) -> None:

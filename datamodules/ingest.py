@@ -25,6 +25,7 @@ import pandas as pd
 from childsafe_runtime.crop import CropConvention
 from rich.progress import Progress
 
+from core.errors import WorkbenchError
 from datamodules.cache import CachedDataset, staged
 from datamodules.cards import DatasetCard
 from datamodules.integrity import (
@@ -41,7 +42,6 @@ from datamodules.manifest import manifest_digest
 from datamodules.pool import worker_pool
 from datamodules.screening import MATCH_DISTANCE, HashList
 from datamodules.splits import assign_splits, label_strata, reuse_persisted
-from tracking.errors import WorkbenchError
 
 # 2: the shared crop (floor(v + 0.5) rounding) and antialiased resize, EXIF orientation, alpha on black,
 # unlisted files; caches built by version 1 are rebuilt.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pdqhash
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 MATCH_DISTANCE = 31  # Meta's reference threshold for a confident PDQ match
 HEX_HASH = re.compile(r"^[0-9a-fA-F]{64}$")

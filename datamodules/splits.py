@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from core.errors import WorkbenchError
 from datamodules.manifest import SPLITS
-from tracking.errors import WorkbenchError
 
 AGE_BANDS = (13, 16, 18, 25, 35, 50, 65)  # the gates and the decades around them
 MAX_FOLDS = 20

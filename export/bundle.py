@@ -11,7 +11,7 @@ from childsafe_runtime.integrity import SUMS_FILE, sums_text
 from childsafe_runtime.signing import KEY_ENV, KeyFileError, configured_private_key, sign_sums
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 def release_key(configured: str | None) -> Ed25519PrivateKey | None:

@@ -21,9 +21,9 @@ from jsonschema import Draft202012Validator
 
 from calibration.operating_points import COMPARISON
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from models.base import IMAGENET_MEAN, IMAGENET_STD
 from models.resize import Framing
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import git_state
 
 SCHEMA_PATH = Path(__file__).with_name("contract.schema.json")

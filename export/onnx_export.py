@@ -12,8 +12,8 @@ import torch
 from childsafe_runtime.integrity import METADATA_KEY
 from torch import nn
 
+from core.errors import WorkbenchError
 from export.contract import MAX_SIDE, MIN_SIDE
-from tracking.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 MAX_IR_VERSION = 10  # onnxruntime releases since 1.20 load IR 10

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 class AgeHead(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 # The torchvision backbones the docs recommend; the slow tests build and export every one.
 TORCHVISION_BACKBONES = (

@@ -7,9 +7,9 @@ from typing import Any
 import lightning as L
 import torch
 
+from core.errors import WorkbenchError
 from models.backbones import build_backbone
 from models.resize import Framing
-from tracking.errors import WorkbenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 class FiniteGuard(L.Callback):

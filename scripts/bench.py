@@ -32,13 +32,13 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.errors import WorkbenchError
 from datamodules.throughput import loader_images_per_second
 from export.latency import median_seconds
 from models.base import WorkbenchModule
 from models.fast_path import apply_fast_path
 from scripts.hydra_app import run_stage
 from scripts.step_profile import profile_rows
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import log_metrics, stage_run
 
 

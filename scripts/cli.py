@@ -15,9 +15,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from core.paths import CONFIG_DIR
 
 STAGES = {
     "train": ("scripts.train", "train a model (Hydra overrides follow, e.g. experiment=age_synthetic)"),
@@ -69,8 +68,8 @@ def early_config_check(stage: str, args: list[str]) -> bool:
     """
     from hydra.errors import OverrideParseException
 
+    from core.errors import WorkbenchError
     from scripts.hydra_app import errors, prepare, register_resolvers
-    from tracking.errors import WorkbenchError
 
     register_resolvers()
     try:

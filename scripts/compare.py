@@ -30,10 +30,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from core.errors import WorkbenchError
 from evaluation.glossary import METRICS_TABLE
 from scripts.hydra_app import console, run_stage
 from scripts.stage_help import CONFIG_DIR
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import PARENT_TAG, default_tracking_uri, finished_runs_under
 from tracking.registry import Figure, figures, format_figure, worsening
 

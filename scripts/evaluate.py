@@ -20,6 +20,7 @@ from calibration.content import ContentCalibration
 from calibration.metrics import ECE_BINNING
 from calibration.operating_points import row_units
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from evaluation import report
 from evaluation.age import age_metrics, interval_coverage, mae, minor_pass_rate
 from evaluation.content import accuracy, content_metrics, point_outcomes, point_recall, protected
@@ -31,7 +32,6 @@ from evaluation.stats import Estimate, not_measurable, proportion
 from export.parity import reference_outputs
 from scripts.export import load_calibration
 from scripts.hydra_app import run_stage, show_metrics
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     DESCRIPTION_TAG,
     append_description,

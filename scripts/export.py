@@ -21,6 +21,7 @@ from childsafe_runtime.signing import signing_record
 from omegaconf import DictConfig, OmegaConf
 
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from evaluation.scorecard import scorecard
 from export.bundle import publish, release_key, staging_folder, write_sums
 from export.contract import build_contract, contract_text
@@ -32,7 +33,6 @@ from export.quantize import judge, quantize
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from models.resize import Framing
 from scripts.hydra_app import console, run_stage, show_metrics
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import append_description, finished_runs_under, log_metrics, run_link, stage_run
 from tracking.registry import register_bundle, set_version_description
 from tracking.runs import latest_run, resolve_trained_run

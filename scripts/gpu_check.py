@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 from tracking.gpu_check import SIZES, run_check
 
 

@@ -29,9 +29,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
+from core.errors import WorkbenchError
+from core.paths import workbench_home
 from scripts.stage_help import CONFIG_DIR, config_groups, stage_help
-from tracking.errors import WorkbenchError
-from tracking.mlflow_run import default_tracking_uri, ensure_experiment, workbench_home
+from tracking.mlflow_run import default_tracking_uri, ensure_experiment
 
 SEARCHPATH = "hydra.searchpath="  # `hydra.searchpath=[file:///team/configs]`: more folders to find options in
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}

@@ -26,9 +26,9 @@ from typing import Any
 from childsafe_runtime.signing import KEY_ENV
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import PromotionRefused, WorkbenchError
 from scripts.hydra_app import compose_base, console, has_key, prepare, run_stage, unknown_key_message
 from scripts.stage_help import CONFIG_DIR, config_groups
-from tracking.errors import PromotionRefused, WorkbenchError
 from tracking.mlflow_run import default_tracking_uri
 
 # Parts of a stage's config that say where things go, not what is computed.

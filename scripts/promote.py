@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 from rich.table import Table
 
+from core.errors import PromotionRefused
 from scripts.hydra_app import console, run_stage
-from tracking.errors import PromotionRefused
 from tracking.registry import Decision, format_figure
 from tracking.registry import promote as promote_version
 

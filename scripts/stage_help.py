@@ -7,13 +7,12 @@ a stage (stages import torch), and no required key turns help into an error.
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from core.paths import CONFIG_DIR
 
 
 def config_groups(config_name: str) -> list[str]:

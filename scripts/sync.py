@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from core.errors import WorkbenchError
 from scripts.hydra_app import console, run_stage
-from tracking.errors import WorkbenchError
 from tracking.spool import find_spools, replay
 
 

@@ -20,10 +20,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from core.errors import WorkbenchError
 from datamodules.ingest import IngestRefused
 from models.guards import InterruptionCheckpoint
 from scripts.hydra_app import console, run_stage, show_metrics, sweep_tags
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import (
     check_tracking_uri,
     default_tracking_uri,

@@ -26,7 +26,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 TASKS = {"age": "age_synthetic", "content": "content_synthetic"}
 HEADLINES = {"age": ("mae", "MAE"), "content": ("accuracy", "accuracy")}

@@ -17,19 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from tracking.errors import WorkbenchError
-
-SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout, or site-packages for an installed wheel
-HOME_ENV = "CHILDSAFE_HOME"
-
-
-def workbench_home() -> Path:
-    """Where outputs, the store, the cache and releases go: `$CHILDSAFE_HOME`, else the working directory.
-
-    Never the package's own folder, so an installed wheel works from any folder as the checkout does.
-    """
-    return Path(os.environ.get(HOME_ENV) or os.getcwd()).resolve()
-
+from core.errors import WorkbenchError
+from core.paths import SOURCE_ROOT, workbench_home
 
 TRACKED_PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "mlflow", "hydra-core", "onnx", "onnxruntime")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 from tracking.mlflow_run import default_tracking_uri
 
 if TYPE_CHECKING:

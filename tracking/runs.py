@@ -16,7 +16,7 @@ import lightning as L
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 from tracking.mlflow_run import default_tracking_uri, flatten
 
 RUN_RECORD = "mlflow_run.json"

@@ -18,7 +18,7 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 from tracking.mlflow_run import check_tracking_uri
 
 SPOOL_DIR = "mlflow-spool"

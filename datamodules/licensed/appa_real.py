@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import pandas as pd
 
+from core.errors import WorkbenchError
 from datamodules.licensed.base import candidates, read_table, require_columns, table_sources, written
-from tracking.errors import WorkbenchError
 
 # The publisher's split names, mapped to the workbench's (calib is carved from valid at ingest).
 OWN_SPLITS = {"train": "train", "valid": "val", "test": "test"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 BOX_COLUMNS = ("box_x0", "box_y0", "box_x1", "box_y1")
 # Rows an adapter leaves out by the dataset's own documented policy (e.g. IMDB-WIKI's face scores):

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import scipy.io
 
+from core.errors import WorkbenchError
 from datamodules.licensed.base import candidates
-from tracking.errors import WorkbenchError
 
 FIELDS = ("full_path", "dob", "photo_taken", "gender", "face_location", "face_score", "second_face_score")
 

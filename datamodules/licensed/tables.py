@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import pandas as pd
 
+from core.errors import WorkbenchError
 from datamodules.licensed.base import (
     BOX_COLUMNS,
     candidates,
@@ -17,7 +18,6 @@ from datamodules.licensed.base import (
     table_sources,
     written,
 )
-from tracking.errors import WorkbenchError
 
 AGE_OPTIONAL = ("subject_id", "sex", "skin_tone", *BOX_COLUMNS)
 

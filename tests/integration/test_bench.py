@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from stage_configs import compose_stage
 
 import scripts.bench
+from core.errors import WorkbenchError
 from scripts.bench import (
     DOCS_END,
     DOCS_START,
@@ -25,7 +26,6 @@ from scripts.bench import (
     train_side_by_side,
     write_into_docs,
 )
-from tracking.errors import WorkbenchError
 
 
 def test_bench_measures_every_section_writes_the_docs_and_logs_to_mlflow(tmp_path, tracking_uri, shared_cache):

@@ -20,11 +20,11 @@ from mlflow import MlflowClient
 from rich.console import Console
 from stage_configs import compose_stage
 
+from core.errors import WorkbenchError
 from evaluation.glossary import metrics_table
 from evaluation.stats import Estimate, not_measurable
 from scripts import compare as compare_module
 from scripts.evaluate import log_figures
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import stage_run
 from tracking.registry import CANDIDATE, CHAMPION
 

@@ -16,8 +16,8 @@ from contract_recount import recount_bundle
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from core.paths import SOURCE_ROOT as REPO_ROOT
 from scripts.hydra_app import CONFIG_DIR, register_resolvers
-from tracking.mlflow_run import SOURCE_ROOT as REPO_ROOT
 
 
 @pytest.fixture(params=["age_synthetic", "content_synthetic"])

@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from core.errors import WorkbenchError
 from evaluation.glossary import entries_for
 from scripts import pipeline as pipeline_module
 from scripts.hydra_app import register_resolvers, validate
-from tracking.errors import WorkbenchError
 
 STAGES = ["train", "calibrate", "evaluate", "export", "promote"]
 

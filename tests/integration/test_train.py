@@ -16,8 +16,8 @@ from helpers import cli_train
 from mlflow import MlflowClient
 from omegaconf import open_dict
 
+from core.errors import WorkbenchError
 from scripts.train import train
-from tracking.errors import WorkbenchError
 from tracking.runs import RUN_RECORD
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from core.errors import WorkbenchError
 from models.age_heads import build_age_head
-from tracking.errors import WorkbenchError
 
 HEADS = ("regression", "dldl", "corn")
 

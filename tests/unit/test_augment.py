@@ -9,12 +9,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torchvision.transforms import v2
 
+from core.errors import WorkbenchError
+from core.paths import SOURCE_ROOT as REPO_ROOT
 from datamodules.augment import Augmentation, AugmentedBatches
 from datamodules.datamodule import CachedImageDataset
 from models.resize import Framing
 from scripts.hydra_app import register_resolvers, validate
-from tracking.errors import WorkbenchError
-from tracking.mlflow_run import SOURCE_ROOT as REPO_ROOT
 
 FRAMING = Framing(72, 64)  # a cache with a 4 px border on each side
 

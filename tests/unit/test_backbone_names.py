@@ -7,8 +7,8 @@ import timm
 import torch
 import torchvision
 
+from core.errors import WorkbenchError
 from models.backbones import build_backbone
-from tracking.errors import WorkbenchError
 
 SIZE = 32
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from core.errors import WorkbenchError
 from models.backbones import BACKBONES, TORCHVISION_BACKBONES, build_backbone
-from tracking.errors import WorkbenchError
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18", "mobilenet_v3_small"])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from core.errors import WorkbenchError
 from datamodules.datamodule import CachedDataModule, CachedImageDataset
 from datamodules.resumable import ResumableShuffle, balanced_weights
-from tracking.errors import WorkbenchError
 
 BATCH = 16
 

@@ -9,8 +9,8 @@ from calibration.age import AgeCalibration, ConformalIntervals, conformal_quanti
 from calibration.content import ContentCalibration
 from calibration.metrics import multiclass_scores
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from models.age_heads import build_age_head
-from tracking.errors import WorkbenchError
 
 CLASSES = ["safe", "suggestive", "explicit"]
 
@@ -138,7 +138,7 @@ def test_isotonic_knots_are_thinned_so_the_map_has_a_bounded_slope():
 
 def test_asking_for_an_interval_coverage_calibrate_did_not_fit_names_the_ones_it_did():
     from calibration.age import AgeCalibration, ConformalIntervals
-    from tracking.errors import WorkbenchError
+    from core.errors import WorkbenchError
 
     intervals = [ConformalIntervals(coverage=0.9, quantile=1.5, calib_size=10)]
     calibration = AgeCalibration(temperature=1.0, gates=[], intervals=intervals, calib_size=10, max_age=80.0)

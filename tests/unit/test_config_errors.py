@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
+from core.errors import WorkbenchError
 from scripts.hydra_app import prepare, register_resolvers, validate
-from tracking.errors import WorkbenchError
 from tracking.mlflow_run import check_tracking_uri
 
 

@@ -9,10 +9,10 @@ from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from torch.utils.data import DataLoader
 from torchvision.ops._utils import split_normalization_params
 
+from core.errors import WorkbenchError
 from models.checkpointing import RandomStateCheckpoint
 from models.content_module import ContentModule
 from models.ema import EMAWeights
-from tracking.errors import WorkbenchError
 
 SIZE = 32
 

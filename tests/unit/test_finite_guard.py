@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from core.errors import WorkbenchError
 from models.guards import FiniteGuard
-from tracking.errors import WorkbenchError
 
 
 def module_with_gradients(bad: float | None) -> torch.nn.Module:

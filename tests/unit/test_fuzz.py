@@ -10,13 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from datamodules.cards import load_card
 from datamodules.licensed.appa_real import AppaReal
 from datamodules.licensed.filenames import AgeDB, FGNet, UTKFace
 from datamodules.licensed.tables import AgeManifest, ContentManifest
 from datamodules.screening import HashList
 from export.contract import validate_contract
-from tracking.errors import WorkbenchError
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

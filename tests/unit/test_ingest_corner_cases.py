@@ -22,13 +22,13 @@ from childsafe_runtime.crop import CropConvention, crop_face
 from PIL import Image
 from test_licensed_data import module, quarantine
 
+from core.errors import WorkbenchError
 from datamodules.decoding import DecodeError, decode_image
 from datamodules.ingest import subsample
 from datamodules.licensed.appa_real import AppaReal
 from datamodules.licensed.tables import AgeManifest, ContentManifest, ImageFolder
 from datamodules.screening import pdq_hash, to_hex
 from models.resize import resize_uint8
-from tracking.errors import WorkbenchError
 
 CONVENTION = CropConvention(margin=0.4, square=True)
 NFC_NAME = unicodedata.normalize("NFC", "café.png")

@@ -12,6 +12,7 @@ import pytest
 from childsafe_runtime.crop import CropConvention, crop_face
 from PIL import Image
 
+from core.errors import WorkbenchError
 from datamodules.cards import load_card
 from datamodules.licensed.appa_real import AppaReal
 from datamodules.licensed.datamodule import LicensedDataModule
@@ -21,7 +22,6 @@ from datamodules.licensed.tables import AgeManifest, ContentManifest, ImageFolde
 from datamodules.screening import HashList, pdq_hash, to_hex
 from datamodules.splits import assign_splits
 from models.resize import resize_uint8
-from tracking.errors import WorkbenchError
 
 SCRAPE_CLASSES = {"drawings": "safe", "neutral": "safe", "sexy": "suggestive", "hentai": "explicit", "porn": "explicit"}
 

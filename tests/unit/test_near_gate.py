@@ -5,7 +5,7 @@ import pytest
 
 from calibration.fit import Scores, certify_near_gate, near_gate_rates, near_gate_years
 from calibration.operating_points import certify_threshold
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 def _minors(people_per_year: int, seed: int = 0) -> tuple[Scores, np.ndarray]:

@@ -7,11 +7,11 @@ import pytest
 
 from calibration.ood import QUANTILE, STATISTICS, OODCalibration, statistics_of
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 from datamodules.synthetic.content import SyntheticContent
 from datamodules.synthetic.faces import SyntheticFaces
 from models.resize import Framing
 from scripts.export import build_wrapper
-from tracking.errors import WorkbenchError
 
 SIZE = 64
 FRAMING = Framing(SIZE, SIZE)

@@ -17,7 +17,7 @@ from calibration.operating_points import (
     unit_rate,
     upper_bound,
 )
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 
 
 def brute_force_threshold(positives: np.ndarray, max_miss: float, confidence: float) -> float:

@@ -8,9 +8,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from core.errors import WorkbenchError
 from models.fast_path import apply_fast_path
 from scripts.hydra_app import register_resolvers, validate
-from tracking.errors import WorkbenchError
 
 LAUNCHERS = {
     "joblib": "JoblibLauncher",

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from tracking.errors import WorkbenchError
+from core.errors import WorkbenchError
 from tracking.spool import CALLS, SpoolingClient, find_spools, replay
 
 
