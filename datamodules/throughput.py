@@ -1,6 +1,6 @@
 """Does the loader keep up? The images/s the cached loader delivers on its own, with no training.
 
-`childsafe bench` sets it beside the rate a training step consumes (scripts/bench.py); their ratio
+`childsafe bench` sets it beside the rate a training step consumes (tracking/bench.py); their ratio
 says how much slack the loader has.
 """
 

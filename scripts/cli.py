@@ -69,7 +69,7 @@ def early_config_check(stage: str, args: list[str]) -> bool:
     from hydra.errors import OverrideParseException
 
     from core.errors import WorkbenchError
-    from scripts.hydra_app import errors, prepare, register_resolvers
+    from core.hydra_app import errors, prepare, register_resolvers
 
     register_resolvers()
     try:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     hydra_stage = (CONFIG_DIR / f"{stage}.yaml").is_file()
     if any(arg in ("-h", "--help") for arg in rest) and hydra_stage:
-        from scripts.stage_help import stage_help
+        from core.stage_help import stage_help
 
         print(stage_help(stage))
         return 0

@@ -10,7 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from scripts.hydra_app import CONFIG_DIR, register_resolvers
+from core.hydra_app import register_resolvers
+from core.paths import CONFIG_DIR
 
 
 def compose_stage(config_name: str, root: Path, cache: Path, *overrides: str) -> DictConfig:

@@ -117,7 +117,7 @@ class Check:
 
     def stage_config(self, stage: str, *overrides: str) -> DictConfig:
         """The stage's config as its CLI composes it (overrides checked), its folders under the work folder."""
-        from scripts.hydra_app import prepare, register_resolvers
+        from core.hydra_app import prepare, register_resolvers
 
         register_resolvers()
         folders = [f"paths.log_dir={self.folder / 'outputs'}", f"paths.cache_dir={self.cache_dir}"]
@@ -143,7 +143,7 @@ class Check:
 
 
 def device_name(sizes: Sizes) -> str:
-    from scripts.bench import cpu_name
+    from tracking.bench import cpu_name
 
     if sizes.accelerator == "gpu":
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
@@ -152,10 +152,10 @@ def device_name(sizes: Sizes) -> str:
 
 def task_rows(check: Check, task: str) -> None:
     """Fine-tune, calibrate, evaluate and export one task, a row each."""
-    from scripts.calibrate import calibrate
-    from scripts.evaluate import evaluate
-    from scripts.export import export
-    from scripts.train import train
+    from calibration.calibrate import calibrate
+    from evaluation.evaluate import evaluate
+    from export.pipeline import export
+    from models.train import train
 
     sizes, experiment = check.sizes, TASKS[task]
     key, label = HEADLINES[task]
@@ -201,7 +201,7 @@ def task_rows(check: Check, task: str) -> None:
 
 def bench_rows(check: Check) -> None:
     """`childsafe bench`'s training figures for the age fine-tune: pipeline / plain loop, MFU, loader / step."""
-    from scripts.bench import measure_training
+    from tracking.bench import measure_training
 
     sizes = check.sizes
     cfg = check.stage_config("bench", *sizes.train_overrides("age"), *sizes.bench)
@@ -267,7 +267,7 @@ def own_tracking_store(folder: Path) -> Iterator[str]:
 
 def run_check(sizes: Sizes, folder: Path, cache_dir: Path | None = None, docs: Path | None = None) -> str:
     """Every part in turn; returns the table (also printed, and written into `docs` when given)."""
-    from scripts.bench import write_into_docs
+    from tracking.bench import write_into_docs
 
     if sizes.accelerator == "gpu" and not torch.cuda.is_available():
         raise WorkbenchError(

@@ -30,7 +30,7 @@ def exported_age(tmp_path_factory: pytest.TempPathFactory):
     from test_export import _inputs, _settings
 
     from datamodules.synthetic.faces import SyntheticFaces
-    from scripts.export import publish_bundle
+    from export.pipeline import publish_bundle
 
     faces = SyntheticFaces(seed=3, num_subjects=24, images_per_subject=2, image_size=SIZE)
     rows = faces.manifest()
@@ -51,7 +51,7 @@ def stages_in_process(monkeypatch):
     """Each `childsafe <stage>` the pipeline starts runs in this process: the same entry point, minus
     five torch imports per pipeline. Its exit status is what the process would have returned."""
     from scripts import cli
-    from scripts import pipeline as pipeline_module
+    from tracking import pipeline as pipeline_module
 
     real_run = subprocess.run
 

@@ -12,9 +12,9 @@ import torch
 from mlflow import MlflowClient
 from stage_configs import compose_stage
 
-import scripts.bench
+import tracking.bench
 from core.errors import WorkbenchError
-from scripts.bench import (
+from tracking.bench import (
     DOCS_END,
     DOCS_START,
     bench,
@@ -104,7 +104,7 @@ def test_the_plain_step_runs_under_the_pipelines_autocast(tmp_path, shared_cache
         twin.training_step = recorded_step
         return twin
 
-    monkeypatch.setattr(scripts.bench, "plain_model", recording_twin)
+    monkeypatch.setattr(tracking.bench, "plain_model", recording_twin)
     train_side_by_side(cfg, read_batches(fresh_datamodule(cfg), 2))
     assert dtypes == [torch.bfloat16, torch.bfloat16]
 

@@ -12,9 +12,9 @@ import pytest
 from scipy.stats import binom
 from stage_configs import compose_stage
 
-from scripts.calibrate import calibrate
-from scripts.evaluate import evaluate
-from scripts.train import train
+from calibration.calibrate import calibrate
+from evaluation.evaluate import evaluate
+from models.train import train
 
 BIAS = (
     "data.generator.noise.bias.enabled=true",

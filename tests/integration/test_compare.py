@@ -21,10 +21,10 @@ from rich.console import Console
 from stage_configs import compose_stage
 
 from core.errors import WorkbenchError
+from evaluation.evaluate import log_figures
 from evaluation.glossary import metrics_table
 from evaluation.stats import Estimate, not_measurable
-from scripts import compare as compare_module
-from scripts.evaluate import log_figures
+from tracking import compare as compare_module
 from tracking.mlflow_run import stage_run
 from tracking.registry import CANDIDATE, CHAMPION
 

@@ -16,8 +16,9 @@ from contract_recount import recount_bundle
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from core.hydra_app import register_resolvers
+from core.paths import CONFIG_DIR
 from core.paths import SOURCE_ROOT as REPO_ROOT
-from scripts.hydra_app import CONFIG_DIR, register_resolvers
 
 
 @pytest.fixture(params=["age_synthetic", "content_synthetic"])

@@ -28,9 +28,7 @@ from calibration.operating_points import at_threshold, certify_threshold, is_deg
 from calibration.state import CalibrationState
 from export.contract import KNOWN_RULES
 from export.parity import certified_positives, reference_outputs
-from models.backbones import TORCHVISION_BACKBONES
-from models.resize import Framing
-from scripts.export import (
+from export.pipeline import (
     DegeneratePointError,
     ExportInputs,
     ParityError,
@@ -38,6 +36,8 @@ from scripts.export import (
     manifest_record,
     publish_bundle,
 )
+from models.backbones import TORCHVISION_BACKBONES
+from models.resize import Framing
 
 REPO = Path(__file__).resolve().parents[2]
 

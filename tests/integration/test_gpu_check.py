@@ -11,8 +11,8 @@ import pytest
 import torch
 from stage_configs import compose_stage
 
-from scripts.bench import docs_markers
 from scripts.gpu_check import main
+from tracking.bench import docs_markers
 from tracking.gpu_check import REAL, SECTION, TASKS, TINY, Check, ddp_command, run_check
 
 
@@ -73,7 +73,7 @@ def test_the_real_sizes_without_a_gpu_say_how_to_run_the_logic_on_cpu(tmp_path, 
 
 @pytest.mark.gpu
 def test_a_bf16_resnet_fine_tune_step_runs_on_cuda_under_the_default_trainer(tmp_path, shared_cache, tracking_uri):
-    from scripts.train import train
+    from models.train import train
 
     cfg = compose_stage(
         "train", tmp_path, shared_cache, "experiment=age_synthetic", "debug=smoke", "model.backbone.name=resnet18"
@@ -88,7 +88,7 @@ def test_export_parity_passes_with_the_reference_on_cuda(tmp_path):
     from export_cases import age_case, content_case, data
     from test_export import _inputs, _settings
 
-    from scripts.export import publish_bundle
+    from export.pipeline import publish_bundle
 
     for module, state, target in (age_case("resnet18", "dldl"), content_case("resnet18")):
         images, rows = data(target)

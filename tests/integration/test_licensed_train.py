@@ -14,10 +14,10 @@ from helpers import cli_train
 from mlflow import MlflowClient
 from stage_configs import compose_stage
 
+from calibration.calibrate import calibrate
 from core.errors import WorkbenchError
-from scripts.calibrate import calibrate
-from scripts.export import export
-from scripts.train import train
+from export.pipeline import export
+from models.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 

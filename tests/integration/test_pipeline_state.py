@@ -17,9 +17,10 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from core.errors import WorkbenchError
+from core.hydra_app import register_resolvers, validate
 from evaluation.glossary import entries_for
-from scripts import pipeline as pipeline_module
-from scripts.hydra_app import register_resolvers, validate
+from scripts import pipeline as pipeline_entry
+from tracking import pipeline as pipeline_module
 
 STAGES = ["train", "calibrate", "evaluate", "export", "promote"]
 
@@ -161,7 +162,7 @@ def test_the_whole_smoke_pipeline_completes(
         "pipeline", f"experiment={experiment}", "debug=smoke",
         f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}", f"export.release_dir={releases}",
     ])  # fmt: skip
-    pipeline_module.main()
+    pipeline_entry.main()
     out = capsys.readouterr().out
     assert "pipeline complete" in out and "promote refused, as it must for a debug=smoke run" in out
     state = json.loads((tmp_path / "outputs" / "pipeline" / experiment / "state.json").read_text())

@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from stage_configs import compose_stage
 
-from scripts import pipeline as pipeline_module
-from scripts.hydra_app import StageApp
+from core.hydra_app import StageApp
+from tracking import pipeline as pipeline_module
 from tracking.registry import CANDIDATE, CHAMPION, PROMOTION_TAG
 
 

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
 from core.errors import WorkbenchError
-from scripts.train import find_resume_point
+from models.train import find_resume_point
 from tracking.runs import RUN_CONFIG, RunRecord
 
 # Demo-sized batches (128) over a smoke dataset of 400 subjects: 4 batches an epoch (smoke's limit),

@@ -20,8 +20,8 @@ from helpers import mlflow_server
 from mlflow import MlflowClient
 from stage_configs import compose_stage
 
-from scripts import compare as compare_module
-from scripts import pipeline as pipeline_module
+from scripts import pipeline as pipeline_entry
+from tracking import compare as compare_module
 from tracking.registry import CANDIDATE, CHAMPION
 
 NAME = "childsafe-age_synthetic"
@@ -57,7 +57,7 @@ def test_a_reviewer_compares_two_pipelines_and_reads_the_decision_in_the_mlflow_
                 f"paths.log_dir={tmp_path / 'outputs'}", f"paths.cache_dir={shared_cache}",
                 f"export.release_dir={tmp_path / 'releases'}",
             ])  # fmt: skip
-            pipeline_module.main()
+            pipeline_entry.main()
             if seed == 1:  # promotion refuses debug=smoke runs by design: the reviewer makes v1 champion by hand
                 MlflowClient(server.url).set_registered_model_alias(NAME, CHAMPION, "1")
         assert capsys.readouterr().out.count("pipeline complete") == 2

@@ -24,7 +24,7 @@ from export_cases import content_case, data
 from PIL import Image
 from test_export import _inputs, _settings
 
-from scripts.export import publish_bundle
+from export.pipeline import publish_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SIZES = [(97, 131), (64, 64), (120, 200)]  # (height, width): the graph resizes every frame itself

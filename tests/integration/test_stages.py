@@ -13,13 +13,13 @@ from childsafe_runtime.consumer import Filter
 from mlflow import MlflowClient
 from stage_configs import compose_stage
 
+from calibration.calibrate import STATE_FILE, calibrate
 from calibration.state import CalibrationState
 from core.errors import WorkbenchError
+from evaluation.evaluate import evaluate
 from evaluation.glossary import METRICS_TABLE
-from scripts.calibrate import STATE_FILE, calibrate
-from scripts.evaluate import evaluate
-from scripts.export import DegeneratePointError, export
-from scripts.train import train
+from export.pipeline import DegeneratePointError, export
+from models.train import train
 from tracking.runs import resolve_trained_run
 
 SMALL = ("debug=smoke", "data.generator.num_subjects=600")

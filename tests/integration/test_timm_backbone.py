@@ -10,9 +10,9 @@ from export_cases import content_case
 from stage_configs import compose_stage
 from test_export import _export_and_consume
 
-from scripts.calibrate import calibrate
-from scripts.export import export
-from scripts.train import train
+from calibration.calibrate import calibrate
+from export.pipeline import export
+from models.train import train
 
 RECIPE = (
     "callbacks=ema",

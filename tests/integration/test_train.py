@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from omegaconf import open_dict
 
 from core.errors import WorkbenchError
-from scripts.train import train
+from models.train import train
 from tracking.runs import RUN_RECORD
 
 REPO = Path(__file__).resolve().parents[2]

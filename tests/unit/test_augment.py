@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from torchvision.transforms import v2
 
 from core.errors import WorkbenchError
+from core.hydra_app import register_resolvers, validate
 from core.paths import SOURCE_ROOT as REPO_ROOT
 from datamodules.augment import Augmentation, AugmentedBatches
 from datamodules.datamodule import CachedImageDataset
 from models.resize import Framing
-from scripts.hydra_app import register_resolvers, validate
 
 FRAMING = Framing(72, 64)  # a cache with a 4 px border on each side
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from core.errors import WorkbenchError
-from scripts.hydra_app import prepare, register_resolvers, validate
+from core.hydra_app import prepare, register_resolvers, validate
 from tracking.mlflow_run import check_tracking_uri
 
 
@@ -182,7 +182,7 @@ def test_every_output_location_is_checked_up_front(tmp_path, stage, override):
 def test_sync_of_a_missing_root_is_an_error(tmp_path):
     from omegaconf import OmegaConf
 
-    from scripts.sync import sync
+    from tracking.sync import sync
 
     with pytest.raises(WorkbenchError, match=r"root=.*nowhere is not a folder"):
         sync(OmegaConf.create({"root": str(tmp_path / "nowhere")}))

@@ -90,7 +90,7 @@ def batches(n: int = 8) -> DataLoader:
 
 
 def fit_and_test(tmp_path, ema: EMAWeightAveraging) -> tuple[dict, dict]:
-    """Fit 4 steps with EMA, then test the last checkpoint as scripts/train.py tests the best one."""
+    """Fit 4 steps with EMA, then test the last checkpoint as models/train.py tests the best one."""
     L.seed_everything(0)
     module = content_module()
     # Saved mid-training, as callbacks.step_checkpoint does: at the end the raw weights are the EMA ones.

@@ -12,9 +12,9 @@ from PIL import Image
 from core.errors import WorkbenchError
 from datamodules.licensed.datamodule import LicensedDataModule
 from datamodules.licensed.tables import AgeManifest
+from export.pipeline import face_crop_of
 from models.age_module import AgeModule
 from models.resize import Framing, resize_uint8
-from scripts.export import face_crop_of
 
 CROP = {"margin": 0.25, "square": False, "min_face_side": 20}  # none of them the defaults
 

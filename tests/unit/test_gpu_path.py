@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
 
+from core.hydra_app import register_resolvers, validate
 from export.parity import placed_on, reference_outputs
-from scripts.hydra_app import register_resolvers, validate
 
 LICENSED = (
     "agedb",

@@ -68,7 +68,7 @@ def test_a_users_own_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_what_a_stage_starts_inherits_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pipeline runs each stage in a child process (scripts/pipeline.py, subprocess.run without env=):
+    """The pipeline runs each stage in a child process (tracking/pipeline.py, subprocess.run without env=):
     the defaults must be in the process environment, not in a copy only this interpreter sees."""
     _forget(monkeypatch, *cli.OFFLINE_DEFAULTS)
     probe = "import os; print(os.environ.get('MLFLOW_DISABLE_TELEMETRY'), os.environ.get('DO_NOT_TRACK'))"

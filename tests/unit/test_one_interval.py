@@ -11,10 +11,10 @@ from calibration.operating_points import OperatingPoint, clopper_pearson, measur
 from calibration.state import CalibrationState
 from evaluation.age import gate_analysis, mae
 from evaluation.content import accuracy, content_metrics
+from evaluation.evaluate import headline_functions
 from evaluation.fairness import fairness_table
 from evaluation.stats import subject_bootstrap, subject_mean, subject_rate
 from export.metrics import headline, sliced
-from scripts.evaluate import headline_functions
 
 CLASSES = ["safe", "suggestive", "explicit"]
 

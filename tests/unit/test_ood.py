@@ -10,8 +10,8 @@ from calibration.state import CalibrationState
 from core.errors import WorkbenchError
 from datamodules.synthetic.content import SyntheticContent
 from datamodules.synthetic.faces import SyntheticFaces
+from export.pipeline import build_wrapper
 from models.resize import Framing
-from scripts.export import build_wrapper
 
 SIZE = 64
 FRAMING = Framing(SIZE, SIZE)

@@ -14,9 +14,9 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, PERMISSION_DENIED
 from stage_configs import compose_stage
 
 from core.errors import WorkbenchError
-from scripts.hydra_app import StageApp
-from scripts.promote import promote as promote_stage
+from core.hydra_app import StageApp
 from tracking.mlflow_run import ensure_experiment
+from tracking.promote import promote as promote_stage
 from tracking.registry import (
     CANDIDATE,
     CHAMPION,

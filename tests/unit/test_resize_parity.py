@@ -14,8 +14,8 @@ from export_cases import SIZE, content_case, data
 from calibration.ood import OODCalibration
 from export.onnx_export import ExportError, check_antialiased_resize, export_onnx
 from export.parity import FRAMES_PER_SIZE, ParityReport, check_sizes, frames_at
+from export.pipeline import build_wrapper
 from models.resize import Framing
-from scripts.export import build_wrapper
 
 REQUIRED_SIZES = {"97x131", "480x640", "720x1280"}
 

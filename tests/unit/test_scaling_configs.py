@@ -9,8 +9,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from core.errors import WorkbenchError
+from core.hydra_app import register_resolvers, validate
 from models.fast_path import apply_fast_path
-from scripts.hydra_app import register_resolvers, validate
 
 LAUNCHERS = {
     "joblib": "JoblibLauncher",
@@ -40,7 +40,7 @@ def test_sweeps_compose_with_each_launcher(tmp_path, search, metric, launcher):
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert cfg.hydra.sweeper.direction == ("minimize" if "mae" in metric else "maximize")
     assert cfg.hydra.launcher._target_.endswith(LAUNCHERS[launcher])
-    assert cfg.hydra.callbacks.create_tracking_store._target_ == "scripts.hydra_app.CreateTrackingStore"
+    assert cfg.hydra.callbacks.create_tracking_store._target_ == "tracking.hydra_callbacks.CreateTrackingStore"
 
 
 def test_a_typo_is_still_caught_in_a_sweep(tmp_path):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from core.paths import CONFIG_DIR
 from scripts.cli import STAGES
-from scripts.stage_help import CONFIG_DIR
 
 HEAVY = ("torch", "lightning", "mlflow")
 

@@ -21,7 +21,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -30,9 +29,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from core.errors import WorkbenchError
-from core.paths import workbench_home
-from scripts.stage_help import CONFIG_DIR, config_groups, stage_help
-from tracking.mlflow_run import default_tracking_uri, ensure_experiment
+from core.paths import CONFIG_DIR, workbench_home
+from core.stage_help import config_groups, stage_help
 
 SEARCHPATH = "hydra.searchpath="  # `hydra.searchpath=[file:///team/configs]`: more folders to find options in
 HYDRA_FLAGS_WITH_VALUE = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--info", "-i"}
@@ -364,18 +362,6 @@ def sweep_tags() -> dict[str, str]:
         return {}
     hydra_cfg = HydraConfig.get()
     return {"sweep.id": Path(hydra_cfg.sweep.dir).name, "sweep.trial": str(hydra_cfg.job.num)}
-
-
-class CreateTrackingStore(Callback):
-    """Create the MLflow store and the sweep's experiment once, in the launching process, before any job starts.
-
-    Parallel jobs against a fresh SQLite store would otherwise all race to run its migrations.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        experiment = OmegaConf.select(config, "logger.mlflow.experiment_name")
-        if experiment:
-            ensure_experiment(default_tracking_uri(), experiment)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
