@@ -5,7 +5,8 @@
 2. the train loader alone (datamodules/throughput.py), against the rate a training step consumes;
 3. synthetic rendering, the one-off cost of building the cache;
 4. the exported bundle on onnxruntime against PyTorch eager, at each batch size (if a bundle exists);
-5. MFU: achieved training FLOP/s (torch.utils.flop_counter) over the device's peak, stated with it.
+5. MFU: achieved training FLOP/s (Lightning's measure_flops) over the device's peak (bench.peak_tflops, else
+   Lightning's get_available_flops, which knows GPUs and TPUs but not CPUs), stated with it.
 
 Each figure is the median of `repeats` runs; the two training arms alternate step by step, so the
 machine's load hits both alike, and their ratio is taken within each repeat.
@@ -28,9 +29,9 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from core.errors import WorkbenchError
 from datamodules.throughput import loader_images_per_second
@@ -48,7 +49,6 @@ def docs_markers(section: str) -> tuple[str, str]:
 
 DOCS_START, DOCS_END = docs_markers("bench")
 # Dense bf16 tensor-core peaks (vendor data sheets, SXM parts), matched against the CUDA device name.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
 
 class PlainLoopAlongside(L.Callback):
@@ -168,34 +168,28 @@ def render_rate(generator, images: int, repeats: int) -> float:
 
 
 def training_flops_per_image(cfg: DictConfig, batch: dict[str, torch.Tensor], device: torch.device) -> float:
-    """Forward + backward FLOPs of one training step, counted by torch.utils.flop_counter, per image."""
+    """Forward + backward FLOPs of one training step, counted by Lightning's measure_flops, per image."""
     model = plain_model(cfg, compile=False).to(device)  # the FLOP counter needs eager mode
     batch = {key: value.to(device) for key, value in batch.items()}
-    with FlopCounterMode(display=False) as counter:
-        model.training_step(batch, 0).backward()
-    return counter.get_total_flops() / len(batch["image"])
+    return measure_flops(model, lambda: model.training_step(batch, 0), lambda loss: loss) / len(batch["image"])
 
 
-def cpu_peak_flops(threads: int) -> tuple[float, str]:
-    """fp32 peak = threads x clock x FLOPs per cycle (2 FMA pipes x SIMD lanes x 2), read from /proc/cpuinfo."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    clock = re.search(r"cpu MHz\s*:\s*([\d.]+)", info)
-    ghz = float(clock.group(1)) / 1e3 if clock else 2.0
-    lanes = 16 if " avx512f" in info else 8 if " avx2" in info else 4
-    per_cycle = 2 * lanes * 2
-    return threads * ghz * 1e9 * per_cycle, f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOP/cycle"
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype the matmuls run in under a Lightning precision setting ("bf16-mixed", "16-true", "32-true")."""
+    return {"bf16": torch.bfloat16, "16": torch.float16}.get(str(precision).split("-")[0], torch.float32)
 
 
-def device_peak_flops(device: torch.device, configured_tflops: float | None) -> tuple[float, str]:
+def device_peak_flops(
+    device: torch.device, precision: str, configured_tflops: float | None
+) -> tuple[float | None, str]:
+    """The peak MFU divides by: `bench.peak_tflops`, else Lightning's data-sheet table (GPUs and TPUs only)."""
     if configured_tflops:
-        return configured_tflops * 1e12, f"{configured_tflops} TFLOP/s (bench.peak_tflops)"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for model, tflops in GPU_PEAK_TFLOPS.items():
-            if model in name:
-                return tflops * 1e12, f"{name}: {tflops} TFLOP/s dense bf16 (data sheet)"
-        raise ValueError(f"No known peak for {name}: set bench.peak_tflops.")
-    return cpu_peak_flops(torch.get_num_threads())
+        return configured_tflops * 1e12, f"{configured_tflops:g} TFLOP/s (bench.peak_tflops)"
+    dtype = compute_dtype(precision)
+    peak = get_available_flops(device, dtype)
+    if peak is None:
+        return None, f"no data-sheet peak for {device.type} at {dtype}: set bench.peak_tflops to state one"
+    return float(peak), f"{peak / 1e12:.0f} TFLOP/s at {dtype} (Lightning's get_available_flops)"
 
 
 def _median_of(repeats: int, measure: Callable[[], float]) -> float:
@@ -229,9 +223,10 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str], list
     device = trainer.strategy.root_device
     figures["bench/loader/headroom"] = figures["bench/loader/img_s"] / figures["bench/train/lightning_img_s"]
     flops = training_flops_per_image(cfg, batches[0], device)
-    peak, peak_basis = device_peak_flops(device, bench.peak_tflops)
+    peak, peak_basis = device_peak_flops(device, cfg.trainer.precision, bench.peak_tflops)
     figures["bench/train/gflop_per_img"] = flops / 1e9
-    figures["bench/train/mfu"] = flops * figures["bench/train/lightning_img_s"] / peak
+    if peak is not None:
+        figures["bench/train/mfu"] = flops * figures["bench/train/lightning_img_s"] / peak
     module = cfg.model._target_.rsplit(".", 1)[-1]
     model = f"{module}, {cfg.model.backbone.name} at {cfg.model.image_size} px, batch {datamodule.batch_size}"
     rows = [
@@ -251,10 +246,10 @@ def measure_training(cfg: DictConfig) -> tuple[dict[str, float], list[str], list
             else f"| synthetic rendering | not measured: {datamodule.dataset_name} is licensed data, decoded "
             "at ingest |"
         ),
-        f"| training FLOPs per image (forward + backward, FlopCounterMode) | "
+        f"| training FLOPs per image (forward + backward, Lightning's measure_flops) | "
         f"{figures['bench/train/gflop_per_img']:.3f} GFLOP |",
-        f"| MFU (achieved FLOP/s / peak; peak = {peak / 1e9:.0f} GFLOP/s: {peak_basis}) | "
-        f"{figures['bench/train/mfu']:.2%} |",
+        f"| MFU (achieved FLOP/s / peak; peak: {peak_basis}) | "
+        + (f"{figures['bench/train/mfu']:.2%} |" if peak is not None else "not measured |"),
     ]
     profile = []
     if bench.profile or figures["bench/train/ratio"] < bench.target_ratio:
@@ -274,7 +269,7 @@ def measure_inference(cfg: DictConfig) -> tuple[dict[str, float], list[str]]:
     from export.pipeline import build_wrapper, load_calibrated_model
 
     state, _, _, module = load_calibrated_model(cfg, Path(cfg.paths.output_dir) / "source")
-    wrapper = build_wrapper(module, state, 0.9).eval()
+    wrapper = build_wrapper(module, state, state.interval_coverage(cfg.coverage)).eval()
     session = ort.InferenceSession(str(Path(cfg.bundle) / "model.onnx"), providers=["CPUExecutionProvider"])
     size = int(module.hparams.image_size)
     figures, rows = {}, []

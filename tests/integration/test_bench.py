@@ -47,6 +47,7 @@ def test_bench_measures_every_section_writes_the_docs_and_logs_to_mlflow(tmp_pat
         # The GPU fast path's logic, run on CPU: bf16 autocast in both arms, channels_last weights.
         "trainer.precision=bf16-mixed",
         "callbacks.fast_path.channels_last=true",
+        "bench.peak_tflops=1",  # a CPU has no data-sheet peak: state one, so MFU is measured
     )
     figures = bench(cfg)
 
@@ -63,7 +64,7 @@ def test_bench_measures_every_section_writes_the_docs_and_logs_to_mlflow(tmp_pat
     assert "| of which: callback `FiniteGuard`, its per-step hooks |" in text
     assert "| of which: callback `ModelCheckpoint` (2 instances), its per-step hooks |" in text
     assert "PlainLoopAlongside" not in text and "ProfileAfterWarmup" not in text
-    assert "peak = " in text
+    assert "peak: 1 TFLOP/s (bench.peak_tflops)" in text
     assert "not measured: no bundle" in text and "bf16-mixed" in text
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("childsafe-bench").experiment_id])
@@ -120,10 +121,10 @@ def test_steady_rate_counts_only_the_steps_after_warm_up():
     assert steady_rate([9.0, 1.0, 1.0, 2.0], [128, 128, 128, 64], warmup=2) == pytest.approx((128 + 64) / 3.0)
 
 
-def test_a_configured_peak_wins_over_the_estimate():
-    assert device_peak_flops(torch.device("cpu"), 989.0) == (989e12, "989.0 TFLOP/s (bench.peak_tflops)")
-    estimated, basis = device_peak_flops(torch.device("cpu"), None)
-    assert estimated > 1e9 and "FLOP/cycle" in basis
+def test_a_configured_peak_wins_and_a_cpu_without_one_has_no_mfu():
+    assert device_peak_flops(torch.device("cpu"), "32-true", 989.0) == (989e12, "989 TFLOP/s (bench.peak_tflops)")
+    peak, basis = device_peak_flops(torch.device("cpu"), "bf16-mixed", None)
+    assert peak is None and "torch.bfloat16" in basis and "bench.peak_tflops" in basis
 
 
 def test_docs_without_the_harness_section_are_refused(tmp_path):
