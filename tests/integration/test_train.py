@@ -74,7 +74,6 @@ def test_cli_smoke_trains_age_and_records_the_run(tmp_path, tracking_uri, shared
 
 def test_content_smoke_trains_in_process(compose_train, tracking_uri):
     metrics = train(compose_train("experiment=content_synthetic", "debug=smoke"))
-    assert 0.0 <= metrics["test/content/accuracy"] <= 1.0
     assert metrics["data/content/bayes_accuracy"] == pytest.approx(0.92)
     _, run = _only_run(tracking_uri)
     assert run.info.status == "FINISHED"
@@ -97,10 +96,28 @@ def test_content_smoke_trains_in_process(compose_train, tracking_uri):
             assert len(steps) == 1 and steps[0] > 0, (key, steps)
 
 
-@pytest.mark.parametrize("head", ["regression", "corn"])
-def test_other_age_heads_train_in_the_smoke_config(compose_train, head):
-    metrics = train(compose_train("experiment=age_synthetic", "debug=smoke", "logger=none", f"model.head.kind={head}"))
-    assert metrics["test/age/mae"] > 0
+# Enough data and epochs to learn (a smoke run's 4 batches do not), still about 10 s per run on 2 cores.
+LEARNING = ("debug=smoke", "logger=none", "smoke.subjects=600", "trainer.max_epochs=6")
+LEARNING += ("trainer.limit_train_batches=null", "trainer.limit_test_batches=null")
+
+
+@pytest.mark.parametrize("head", ["regression", "dldl"])
+def test_age_heads_learn_well_beyond_the_constant_baseline(compose_train, head):
+    metrics = train(compose_train("experiment=age_synthetic", *LEARNING, f"model.head.kind={head}"))
+    assert metrics["test/age/mae"] < 0.8 * metrics["test/age/baseline_mae"]  # measured: 0.68 and 0.42
+
+
+def test_the_corn_head_trains_end_to_end(compose_train):
+    """CORN learns too slowly to beat the baseline at a CPU test's size; tests/unit/test_age_heads.py checks
+    that it learns a clean mapping. Here: the pipeline runs with it and reports a plausible error."""
+    metrics = train(compose_train("experiment=age_synthetic", "debug=smoke", "logger=none", "model.head.kind=corn"))
+    assert 0 < metrics["test/age/mae"] < 2 * metrics["test/age/baseline_mae"]
+
+
+def test_the_content_model_learns_well_beyond_the_majority_baseline(compose_train):
+    metrics = train(compose_train("experiment=content_synthetic", *LEARNING))
+    assert metrics["test/content/accuracy"] > metrics["test/content/baseline_accuracy"] + 0.2  # measured: +0.39
+    assert metrics["test/content/auroc"] > 0.8  # measured: 0.92
 
 
 def test_same_config_and_seed_give_identical_test_metrics(compose_train):
