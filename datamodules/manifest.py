@@ -11,14 +11,20 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from core.errors import WorkbenchError
+
 SPLITS = ("train", "val", "calib", "test")
+
+
+def check_split_fractions(fractions: dict[str, float]) -> None:
+    """The one check of `data.split_fractions`, for synthetic and licensed splits alike."""
+    if set(fractions) - set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6:
+        raise WorkbenchError(f"data.split_fractions must name only {SPLITS} and sum to 1; got {dict(fractions)}.")
 
 
 def assign_subject_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     """Split by subject so no subject's images straddle two splits (identity leakage)."""
-    unknown = set(fractions) - set(SPLITS)
-    if unknown or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise ValueError(f"data.split_fractions must name only {SPLITS} and sum to 1; got {dict(fractions)}.")
+    check_split_fractions(fractions)
     subjects = manifest["subject_id"].unique()
     order = np.random.default_rng([seed, 7]).permutation(len(subjects))
     bounds = np.round(np.cumsum([fractions.get(s, 0.0) for s in SPLITS]) * len(subjects)).astype(int)

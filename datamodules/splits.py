@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core.errors import WorkbenchError
-from datamodules.manifest import SPLITS
+from datamodules.manifest import check_split_fractions
 
 AGE_BANDS = (13, 16, 18, 25, 35, 50, 65)  # the gates and the decades around them
 MAX_FOLDS = 20
@@ -74,8 +74,7 @@ def assign_splits(
     holdout_subject: str | None = None,
 ) -> pd.Series:
     """The split of each row: the dataset's own splits when it has them (calib carved from val), else fresh ones."""
-    if set(fractions) - set(SPLITS) or abs(sum(fractions.values()) - 1.0) > 1e-6:
-        raise WorkbenchError(f"data.split_fractions must name only {SPLITS} and sum to 1; got {dict(fractions)}.")
+    check_split_fractions(fractions)
     labels, group_ids = strata(manifest, task), groups(manifest)
     split = pd.Series(manifest["split"].to_numpy(), index=manifest.index, dtype=object)
     if split.notna().all():

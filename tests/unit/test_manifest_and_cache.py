@@ -7,7 +7,9 @@ from childsafe_runtime.crop import CropConvention
 
 import datamodules.cache as cache
 import datamodules.ingest as ingest
+from core.errors import WorkbenchError
 from datamodules.manifest import SPLITS, assign_subject_splits, manifest_digest
+from datamodules.splits import assign_splits
 from datamodules.synthetic.faces import SyntheticFaces
 
 FRACTIONS = {"train": 0.7, "val": 0.1, "calib": 0.1, "test": 0.1}
@@ -23,9 +25,12 @@ def test_splits_are_disjoint_by_subject_and_follow_the_fractions():
         assert shares[split] == pytest.approx(fraction, abs=0.01)
 
 
-def test_bad_split_fractions_are_named():
-    with pytest.raises(ValueError, match=r"data\.split_fractions"):
-        assign_subject_splits(SyntheticFaces(num_subjects=10).manifest(), {"train": 0.5, "holdout": 0.5}, 0)
+@pytest.mark.parametrize(
+    "split", [assign_subject_splits, lambda manifest, f, seed: assign_splits(manifest, "age", f, seed)]
+)
+def test_bad_split_fractions_are_named_alike_for_synthetic_and_licensed_splits(split):
+    with pytest.raises(WorkbenchError, match=r"data\.split_fractions must name only .* got \{'train': 0.5, 'holdout'"):
+        split(SyntheticFaces(num_subjects=10).manifest(), {"train": 0.5, "holdout": 0.5}, 0)
 
 
 def test_digest_changes_when_a_label_changes():
