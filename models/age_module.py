@@ -11,9 +11,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from calibration.metrics import score_name
 from models.age_heads import build_age_head
-from models.base import WorkbenchModule
-
-EVAL_SPLITS = ("val", "test")
+from models.base import EVAL_SPLITS, WorkbenchModule
 
 
 class AgeModule(WorkbenchModule):

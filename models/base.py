@@ -14,6 +14,7 @@ from models.resize import Framing
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULERS = ("onecycle", "warmup_cosine")
+EVAL_SPLITS = ("val", "test")  # the splits whose metrics the task modules keep apart
 
 
 class WorkbenchModule(L.LightningModule):

@@ -9,9 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassCalibrationError
 
 from calibration.metrics import ECE_BINS, score_name
-from models.base import WorkbenchModule
-
-EVAL_SPLITS = ("val", "test")
+from models.base import EVAL_SPLITS, WorkbenchModule
 
 
 class ContentModule(WorkbenchModule):
