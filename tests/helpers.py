@@ -65,6 +65,19 @@ class Payload:
         return (print, ("this would have run",))
 
 
+def consume_without_torch(bundle: Path, image: Path) -> subprocess.CompletedProcess:
+    """The runtime consumer on one image in a fresh interpreter, failing there if it imported torch."""
+    probe = (
+        "import sys, childsafe_runtime.consumer as c\n"
+        f"code = c.main([{str(bundle)!r}, {str(image)!r}])\n"
+        "assert code == 0, code\n"
+        "assert 'torch' not in sys.modules, 'the consumer imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def free_port() -> int:
     """A loopback port nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from export_cases import CLASSES, SIZE
 from export_cases import age_case as _age_case
 from export_cases import content_case as _content_case
 from export_cases import data as _data
+from helpers import consume_without_torch
 from omegaconf import OmegaConf
 
 from calibration.fit import Scores, near_gate_rates, near_gate_years
@@ -191,15 +191,7 @@ def test_consumer_refuses_a_tampered_bundle_and_never_imports_torch(tmp_path):
 
     # The bundle's calib split is uniform noise, so a noise frame is in distribution and gets a decision.
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(image)
-    probe = (
-        "import sys, json, childsafe_runtime.consumer as c\n"
-        f"code = c.main([{str(bundle)!r}, {str(image)!r}])\n"
-        "assert code == 0, code\n"
-        "assert 'torch' not in sys.modules, 'the consumer imported torch'\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    record = __import__("json").loads(done.stdout.splitlines()[0])
+    record = json.loads(consume_without_torch(bundle, image).stdout.splitlines()[0])
     assert set(record["decisions"]) == {"recall_explicit", "recall_unsafe"}
     assert set(record["outputs"]["probabilities"]) == set(CLASSES)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from childsafe_runtime.consumer import EXIT_NOTHING_DECIDED, EXIT_REFUSED, EXIT_
 from childsafe_runtime.crop import CropConvention, crop_face
 from childsafe_runtime.frames import InputError
 from childsafe_runtime.integrity import BundleError
+from helpers import consume_without_torch
 from onnx import TensorProto, helper
 from PIL import Image
 from stand_in_bundles import stand_in_contract, stand_in_graph, write_bundle
@@ -330,14 +329,7 @@ def test_blank_frames_abstain_noise_is_judged_and_an_age_frame_without_boxes_dec
 
 def test_the_consumer_never_imports_torch(tmp_path, stand_in_bundles):
     image = _save(tmp_path / "dark.png", _flat(60))
-    probe = (
-        "import sys, childsafe_runtime.consumer as c\n"
-        f"code = c.main([{str(stand_in_bundles['content'])!r}, {str(image)!r}])\n"
-        "assert code == 0, code\n"
-        "assert 'torch' not in sys.modules, 'the consumer imported torch'\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    consume_without_torch(stand_in_bundles["content"], image)
 
 
 # --- the detector adapter -----------------------------------------------------------------------------
