@@ -20,6 +20,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.model_selection import KFold
 
 from calibration.isotonic import fit_isotonic
+from calibration.modules import gate_probabilities
 from core.errors import WorkbenchError
 from models.age_heads import AgeHead
 
@@ -32,9 +33,9 @@ def fit_age_temperature(head: AgeHead, raw: torch.Tensor, age: torch.Tensor) -> 
     return float(math.exp(minimize_scalar(loss, bounds=(-3, 3), method="bounded").x))
 
 
-def _prob_below(head: AgeHead, raw: torch.Tensor, gates: list[float], temperature: float) -> np.ndarray:
+def _gate_probabilities(head: AgeHead, raw: torch.Tensor, gates: list[float], temperature: float) -> np.ndarray:
     with torch.no_grad():
-        return head.prob_below(head.temper(raw, temperature), torch.tensor(gates)).numpy().astype(np.float64)
+        return gate_probabilities(head, raw, torch.tensor(gates), temperature).numpy().astype(np.float64)
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
@@ -61,12 +62,9 @@ class ConformalIntervals:
     group_quantiles: dict[str, float] = field(default_factory=dict)
     group_sizes: dict[str, int] = field(default_factory=dict)
 
-    def half_width(self, spread: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-        if not self.group_by or groups is None:  # groups unknown (at run time): the pooled guarantee
-            return self.quantile * spread
-        # A group never seen in calib has no guarantee of its own: it falls back to the pooled quantile.
-        factors = np.array([self.group_quantiles.get(g, self.quantile) for g in groups])
-        return factors * spread
+    def row_quantiles(self, groups: np.ndarray) -> np.ndarray:
+        """Each row's conformal quantile: its group's, or the pooled one for a group calib never saw."""
+        return np.array([self.group_quantiles.get(str(g), self.quantile) for g in groups])
 
 
 @dataclass
@@ -77,22 +75,10 @@ class AgeCalibration:
     calib_size: int
     max_age: float
 
-    def prob_below(self, head: AgeHead, raw: torch.Tensor) -> np.ndarray:
-        """(N, gates) calibrated P(age < T), gates ascending; kept non-decreasing across gates.
-
-        Gates may use different calibrators, so a running maximum restores P(age < 13) <= P(age < 16).
-        """
-        tempered = _prob_below(head, raw, [g.gate for g in self.gates], self.temperature)
-        raw_probs = _prob_below(head, raw, [g.gate for g in self.gates], 1.0)
-        columns = [
-            np.interp(raw_probs[:, i], g.isotonic_x, g.isotonic_y) if g.method == "isotonic" else tempered[:, i]
-            for i, g in enumerate(self.gates)
-        ]
-        return np.maximum.accumulate(np.stack(columns, axis=1), axis=1)
-
-    def spread(self, head: AgeHead, raw: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return head.spread(head.temper(raw, self.temperature)).numpy().astype(np.float64)
+    @classmethod
+    def identity(cls, gates: list[float], max_age: float) -> AgeCalibration:
+        """The network's own P(age < T) (temperature 1, no intervals): uncalibrated figures through the same module."""
+        return cls(1.0, [GateCalibration(float(g), "temperature", {}) for g in sorted(gates)], [], 0, float(max_age))
 
     def intervals_at(self, coverage: float) -> ConformalIntervals:
         """The intervals calibrated at `coverage`; asking for one that calibrate did not fit is a named error."""
@@ -104,12 +90,6 @@ class AgeCalibration:
             f"{[i.coverage for i in self.intervals]}. Use one of those (evaluation.coverage, export.coverage), or "
             f"re-run calibrate with calibration.age.coverages including {coverage:g}."
         )
-
-    def interval(
-        self, coverage: float, expected_age: np.ndarray, spread: np.ndarray, groups: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        half = self.intervals_at(coverage).half_width(spread, groups)
-        return np.clip(expected_age - half, 0, self.max_age), np.clip(expected_age + half, 0, self.max_age)
 
     @classmethod
     def fit(
@@ -128,11 +108,11 @@ class AgeCalibration:
         age_t = torch.as_tensor(age, dtype=raw.dtype)
         temperature = fit_age_temperature(head, raw, age_t)
 
-        uncalibrated = _prob_below(head, raw, gates, 1.0)
+        uncalibrated = _gate_probabilities(head, raw, gates, 1.0)
         cv_errors = {"temperature": np.zeros(len(gates)), "isotonic": np.zeros(len(gates))}
         for train, held in KFold(5, shuffle=True, random_state=0).split(age):
             fold_t = fit_age_temperature(head, raw[train], age_t[train])
-            tempered = _prob_below(head, raw[held], gates, fold_t)
+            tempered = _gate_probabilities(head, raw[held], gates, fold_t)
             for i, gate in enumerate(gates):
                 minor = (age < gate).astype(float)
                 iso = np.interp(uncalibrated[held, i], *fit_isotonic(uncalibrated[train, i], minor[train]))

@@ -6,13 +6,14 @@ graph buffers. Temperature divides every logit by one positive number, so the ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
 from calibration.isotonic import fit_isotonic
+from calibration.modules import ContentCalibrator, as_input
 from core.errors import WorkbenchError
 
 METHODS = ("temperature", "vector", "isotonic")
@@ -39,7 +40,7 @@ def fit_vector_scaling(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
 
 @dataclass
 class ContentCalibration:
-    """Serialisable state: logits -> calibrated probabilities -> unsafe score."""
+    """Serialisable state: what calibration.modules.ContentCalibrator turns into buffers."""
 
     method: str
     classes: list[str]
@@ -54,16 +55,10 @@ class ContentCalibration:
     def unsafe_mask(self) -> np.ndarray:
         return np.isin(self.classes, self.unsafe_classes)
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        if self.method == "vector":
-            return softmax(logits * np.asarray(self.vector_weight) + np.asarray(self.vector_bias), axis=1)
-        return softmax(logits / self.temperature, axis=1)
-
-    def unsafe_score(self, logits: np.ndarray) -> np.ndarray:
-        raw = self.probabilities(logits)[:, self.unsafe_mask].sum(axis=1)
-        if self.method == "isotonic":
-            return np.interp(raw, self.isotonic_x, self.isotonic_y)
-        return raw
+    @classmethod
+    def identity(cls, classes: list[str], unsafe_classes: list[str]) -> ContentCalibration:
+        """The network's own probabilities (temperature 1): uncalibrated figures through the same module."""
+        return cls("temperature", list(classes), list(unsafe_classes))
 
     @classmethod
     def fit(
@@ -85,7 +80,6 @@ class ContentCalibration:
             state.temperature = fit_temperature(logits, labels)
         if method == "isotonic":
             is_unsafe = np.isin(np.asarray(classes)[labels], unsafe_classes)
-            state.isotonic_x, state.isotonic_y = fit_isotonic(
-                state.probabilities(logits)[:, state.unsafe_mask].sum(axis=1), is_unsafe
-            )
+            pooled = ContentCalibrator(replace(state, method="temperature")).pooled_unsafe(as_input(logits))[1]
+            state.isotonic_x, state.isotonic_y = fit_isotonic(pooled.numpy(), is_unsafe)
         return state

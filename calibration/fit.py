@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from scipy.special import softmax
 
 from calibration.age import AgeCalibration
 from calibration.content import ContentCalibration
 from calibration.metrics import binary_scores, multiclass_scores
+from calibration.modules import AgeCalibrator, ContentCalibrator
 from calibration.operating_points import (
     OperatingPoint,
     at_threshold,
@@ -128,17 +128,17 @@ def calibrate_content(
     state = ContentCalibration.fit(
         cfg.method, as_numpy(calib, "logits"), as_numpy(calib, "target"), classes, list(cfg.unsafe_classes)
     )
+    calibrator = ContentCalibrator(state)
+    uncalibrated = ContentCalibrator(ContentCalibration.identity(state.classes, state.unsafe_classes))
     labels_column = reference_labels(cfg, manifest)
     result = CalibrationResult(content=state)
     scores: dict[str, dict[str, Scores]] = {}
     for split, outputs in (("calib", calib), ("test", test)):
         logits, labels = as_numpy(outputs, "logits"), as_numpy(outputs, "target")
         is_unsafe = np.isin(np.asarray(classes)[labels], state.unsafe_classes)
-        before, after = softmax(logits, axis=1), state.probabilities(logits)
-        for stage, probs, unsafe in (
-            ("before", before, before[:, state.unsafe_mask].sum(1)),
-            ("after", after, state.unsafe_score(logits)),
-        ):
+        before, unsafe_before = uncalibrated.apply(logits)
+        after, unsafe_after = calibrator.apply(logits)
+        for stage, probs, unsafe in (("before", before, unsafe_before), ("after", after, unsafe_after)):
             for name, value in multiclass_scores(probs, labels).items():
                 result.metrics[f"{split}/content/{name}_{stage}"] = value
             for name, value in binary_scores(unsafe, is_unsafe).items():
@@ -146,9 +146,7 @@ def calibrate_content(
         # Calibration fits the observed labels; guarantees refer to the reference labels (clean where known).
         reference = manifest.loc[as_numpy(outputs, "position"), labels_column].to_numpy().astype(int)
         units = units_of(manifest, outputs)
-        columns = {"unsafe": state.unsafe_score(logits)} | {
-            c: after[:, classes.index(c)] for c in cfg.operating_classes
-        }
+        columns = {"unsafe": unsafe_after} | {c: after[:, classes.index(c)] for c in cfg.operating_classes}
         scores[split] = {
             target: Scores.of(
                 score, protected(reference, target, classes, state.unsafe_classes), units, "scenes", labels_column
@@ -280,12 +278,13 @@ def calibrate_age(
         float(model.hparams.max_age),
     )
     result = CalibrationResult(age=state, metrics={"calib/age/temperature": state.temperature})
+    calibrator = AgeCalibrator(state, None)
+    uncalibrated = AgeCalibrator(AgeCalibration.identity(gates, state.max_age), None)
     calibrated = {}
     for split, outputs in (("calib", calib), ("test", test)):
         age = as_numpy(outputs, "target")
-        with torch.no_grad():
-            before = head.prob_below(outputs["raw"], torch.tensor(gates)).numpy().astype(np.float64)
-        after = calibrated[split] = state.prob_below(head, outputs["raw"])
+        before = uncalibrated.apply(head, outputs["raw"])["prob_below"]
+        after = calibrated[split] = calibrator.apply(head, outputs["raw"])["prob_below"]
         curves = {}
         for i, gate in enumerate(gates):
             minor = age < gate
@@ -299,10 +298,11 @@ def calibrate_age(
             )
         )
 
-    age_test, expected_test = as_numpy(test, "target"), as_numpy(test, "expected_age")
-    spread_test = state.spread(head, test["raw"])
+    age_test = as_numpy(test, "target")
     for coverage in state.intervals:
-        low, high = state.interval(coverage.coverage, expected_test, spread_test, groups["test"])
+        quantile = coverage.row_quantiles(groups["test"]) if group_by else None
+        interval = AgeCalibrator(state, coverage.coverage).apply(head, test["raw"], quantile)
+        low, high = interval["interval_low"], interval["interval_high"]
         inside = (age_test >= low) & (age_test <= high)
         prefix = f"test/age/interval{round(coverage.coverage * 100)}"
         result.metrics |= {f"{prefix}/coverage": float(inside.mean()), f"{prefix}/width": float((high - low).mean())}

@@ -45,6 +45,9 @@ def expected_calibration_error(confidence: np.ndarray, outcome: np.ndarray) -> f
 
 
 def multiclass_scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    # The graph's float32 softmax sums to 1 within ~1e-7; scikit-learn wants it exact.
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
     k = probs.shape[1]
     predicted = probs.argmax(axis=1)
     return {

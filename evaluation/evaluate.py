@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from omegaconf import DictConfig
 
-from calibration.age import AgeCalibration, GateCalibration
+from calibration.age import AgeCalibration
 from calibration.content import ContentCalibration
 from calibration.metrics import ECE_BINNING
 from calibration.operating_points import row_units
@@ -54,10 +54,10 @@ def identity_calibration(module, unsafe_classes: list[str]) -> CalibrationState:
     """An uncalibrated model seen through the same code path: temperature 1, no operating points."""
     if module.task == "content":
         classes = list(module.hparams.classes)
-        content = ContentCalibration("temperature", classes, [c for c in unsafe_classes if c in classes])
+        content = ContentCalibration.identity(classes, [c for c in unsafe_classes if c in classes])
         return CalibrationState("content", None, "", 0.95, content=content)
-    gates = [GateCalibration(float(g), "temperature", {}) for g in sorted(module.hparams.gates)]
-    return CalibrationState("age", None, "", 0.95, age=AgeCalibration(1.0, gates, [], 0, float(module.hparams.max_age)))
+    age = AgeCalibration.identity(module.hparams.gates, module.hparams.max_age)
+    return CalibrationState("age", None, "", 0.95, age=age)
 
 
 def predictions_frame(

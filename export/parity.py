@@ -1,9 +1,11 @@
 """The parity gate: onnxruntime must agree with the evaluated PyTorch model before anything is published.
 
 The reference is computed without the export wrapper: the pipeline's own resize (models.resize),
-the trained LightningModule's forward, and the calibration state applied in numpy, exactly as the
-calibrate stage measured it. A mistake in the wrapper (a wrong normalisation constant, a
-mis-ordered buffer, a missing or plain resize) therefore fails the gate. It runs on the full calib
+the trained LightningModule's forward, and the calibration modules (calibration/modules.py) in
+eager PyTorch, exactly as the calibrate stage measured them. A mistake in the wrapper (a wrong
+normalisation constant, a mis-ordered output, a missing or plain resize) or in the ONNX
+conversion therefore fails the gate; the calibration modules themselves are checked against an
+independent NumPy reference in the tests. It runs on the full calib
 and test splits at the network's size, and on frames of several sizes made from calib images.
 """
 
@@ -20,6 +22,7 @@ import pandas as pd
 import torch
 from rich.progress import track
 
+from calibration.modules import AgeCalibrator, ContentCalibrator
 from calibration.ood import network_pixels
 from calibration.operating_points import recount, row_units
 from calibration.state import CalibrationState
@@ -75,7 +78,7 @@ def placed_on(module: torch.nn.Module, device: str | torch.device | None) -> Ite
 def reference_outputs(
     module, state: CalibrationState, images: np.ndarray, coverage: float, device: str | torch.device | None = None
 ) -> dict[str, np.ndarray]:
-    """The pipeline's outputs on uint8 NHWC images of one size: resize, network, calibration in numpy.
+    """The pipeline's outputs on uint8 NHWC images of one size: resize, network, calibration modules (eager).
 
     Only the network runs on `device` (None: where the module is); the resize, the OOD score and the
     calibration stay on CPU, so CPU results do not depend on the choice.
@@ -88,17 +91,18 @@ def reference_outputs(
             out = {key: value.cpu() for key, value in module(pixels.to(target)).items()}
             batches.append((out, state.ood.module()(pixels).numpy() if state.ood is not None else None))
     parts: dict[str, list[np.ndarray]] = {}
+    calibrator = (
+        ContentCalibrator(state.content)
+        if state.task == "content"
+        else AgeCalibrator(state.age, coverage if state.age.intervals else None)  # an uncalibrated model has none
+    )
     for out, ood_score in batches:
         if state.task == "content":
-            logits = out["logits"].numpy().astype(np.float64)
-            probs, unsafe = state.content.probabilities(logits), state.content.unsafe_score(logits)
+            probs, unsafe = calibrator.apply(out["logits"])
             values = {"probabilities": probs, "unsafe_score": unsafe}
         else:
-            raw, expected = out["raw"], out["expected_age"].numpy().astype(np.float64)
-            values = {"expected_age": expected, "prob_below": state.age.prob_below(module.head, raw)}
-            if state.age.intervals:  # an uncalibrated model has none
-                low, high = state.age.interval(coverage, expected, state.age.spread(module.head, raw))
-                values |= {"interval_low": low, "interval_high": high}
+            values = {"expected_age": out["expected_age"].numpy().astype(np.float64)}
+            values |= calibrator.apply(module.head, out["raw"])
         if ood_score is not None:
             values["ood_score"] = ood_score
         for key, value in values.items():

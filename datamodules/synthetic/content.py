@@ -62,6 +62,28 @@ MOTIFS: tuple[Callable[[Grid, np.random.Generator], np.ndarray], ...] = (
 )
 
 
+def scene_colours(palette: str, rng: np.random.Generator) -> list[np.ndarray]:
+    """Background, motif and distractor colours of one scene.
+
+    The background takes the palette's dark end and the motif its light end, so the motif never
+    vanishes into the background; the distractor may take any colour of the palette.
+    """
+    low, high = (np.asarray(c) for c in PALETTES[palette])
+    return [low + (high - low) * rng.uniform(lo, hi, size=3) for lo, hi in ((0, 0.35), (0.65, 1), (0, 1))]
+
+
+def draw_scene(
+    grid: Grid, motif: np.ndarray, colours: list[np.ndarray], blob_centre: tuple[float, float]
+) -> np.ndarray:
+    """The motif on its background, and a distractor blob in every class, so the motif and not a lone
+    shape decides the class; capture conditions are applied by the caller."""
+    canvas = np.broadcast_to(colours[0], (grid.x.shape[0], grid.x.shape[1], 3)).copy()
+    paint(canvas, motif, colours[1])
+    blob = soft_step(0.25 - np.hypot(grid.x - blob_centre[0], grid.y - blob_centre[1]), grid.pixel)
+    paint(canvas, blob, colours[2])
+    return canvas
+
+
 @dataclass(frozen=True)
 class SyntheticContent:
     """The synthetic content dataset: scenes of abstract motifs with known label noise."""
@@ -113,18 +135,13 @@ class SyntheticContent:
     def render(self, row: pd.Series, index: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 4, index])
         scene = np.random.default_rng([self.seed, 5, int(row["subject_id"].rsplit("-", 1)[1])])
-        low, high = (np.asarray(c) for c in PALETTES[row["palette"]])
-        # Background dark end, motif light end of the palette: the motif never vanishes into it.
-        colours = [low + (high - low) * scene.uniform(lo, hi, size=3) for lo, hi in ((0, 0.35), (0.65, 1), (0, 1))]
+        colours = scene_colours(row["palette"], scene)
         grid = Grid.posed(
             self.image_size,
             angle_deg=rng.uniform(-30, 30),
             scale=rng.uniform(0.8, 1.25),
             shift=(rng.uniform(-0.2, 0.2), rng.uniform(-0.2, 0.2)),
         )
-        canvas = np.broadcast_to(colours[0], (self.image_size, self.image_size, 3)).copy()
-        paint(canvas, MOTIFS[int(row["true_label"])](grid, scene), colours[1])
-        # A distractor blob in every class, so the motif and not a lone shape decides the class.
-        blob = soft_step(0.25 - np.hypot(grid.x - rng.uniform(-0.5, 0.5), grid.y - rng.uniform(-0.5, 0.5)), grid.pixel)
-        paint(canvas, blob, colours[2])
+        motif = MOTIFS[int(row["true_label"])](grid, scene)
+        canvas = draw_scene(grid, motif, colours, (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)))
         return CameraNuisance.draw(rng).apply(canvas, grid, rng)

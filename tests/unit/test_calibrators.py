@@ -8,6 +8,7 @@ from scipy.special import softmax
 from calibration.age import AgeCalibration, ConformalIntervals, conformal_quantile
 from calibration.content import ContentCalibration
 from calibration.metrics import multiclass_scores
+from calibration.modules import AgeCalibrator, ContentCalibrator
 from calibration.state import CalibrationState
 from core.errors import WorkbenchError
 from models.age_heads import build_age_head
@@ -31,7 +32,7 @@ def test_temperature_halves_the_ece_of_an_overconfident_model_and_keeps_argmax()
     state = ContentCalibration.fit("temperature", calib_logits * overconfident, calib_labels, CLASSES, ["explicit"])
     assert state.temperature == pytest.approx(overconfident, rel=0.15)
     before = multiclass_scores(softmax(test_logits * overconfident, axis=1), test_labels)
-    after_probs = state.probabilities(test_logits * overconfident)
+    after_probs = ContentCalibrator(state).apply(test_logits * overconfident)[0]
     after = multiclass_scores(after_probs, test_labels)
     assert after["ece"] <= 0.5 * before["ece"]
     assert np.array_equal(after_probs.argmax(1), (test_logits * overconfident).argmax(1))
@@ -50,7 +51,9 @@ def test_calibrators_round_trip_through_json(method):
     )
     restored = CalibrationState.from_json(state.to_json())
     assert restored == state
-    assert np.allclose(restored.content.unsafe_score(logits), state.content.unsafe_score(logits))
+    assert np.array_equal(
+        ContentCalibrator(restored.content).apply(logits)[1], ContentCalibrator(state.content).apply(logits)[1]
+    )
     assert json.loads(state.to_json())["content"]["method"] == method
 
 
@@ -95,8 +98,10 @@ def test_conformal_intervals_reach_their_coverage_on_known_data(mondrian):
     state = AgeCalibration.fit(
         head, raw, predicted, age, [13, 16, 18], [0.9], groups if mondrian else None, ["group"] if mondrian else [], 100
     )
-    t_raw, t_pred, t_age, t_groups = _regression_outputs(20000, 1, noise)
-    low, high = state.interval(0.9, t_pred, state.spread(head, t_raw), t_groups if mondrian else None)
+    t_raw, _, t_age, t_groups = _regression_outputs(20000, 1, noise)
+    quantile = state.intervals[0].row_quantiles(t_groups) if mondrian else None
+    interval = AgeCalibrator(state, 0.9).apply(head, t_raw, quantile)
+    low, high = interval["interval_low"], interval["interval_high"]
     inside = (t_age >= low) & (t_age <= high)
     assert 0.88 <= inside.mean() <= 0.93
     if mondrian:  # each group gets its own guarantee, even the noisy one
@@ -116,8 +121,8 @@ def test_age_calibration_round_trips_and_prob_below_stays_monotone():
     )
     wrapped = CalibrationState(task="age", train_run_id=None, checkpoint="x", confidence=0.95, age=state)
     restored = CalibrationState.from_json(wrapped.to_json()).age
-    probs = restored.prob_below(head, raw.detach())
-    assert np.allclose(probs, state.prob_below(head, raw.detach()))
+    probs = AgeCalibrator(restored, 0.9).apply(head, raw)["prob_below"]
+    assert np.array_equal(probs, AgeCalibrator(state, 0.9).apply(head, raw)["prob_below"])
     assert probs.min() >= 0 and probs.max() <= 1
     assert np.all(np.diff(probs, axis=1) >= 0)  # P(age < 13) <= P(age < 16) <= P(age < 18)
     assert {g.method for g in state.gates} <= {"temperature", "isotonic"}
