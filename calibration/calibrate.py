@@ -11,13 +11,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from calibration.fit import calibrate_age, calibrate_content
 from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
+from calibration.streams import ContentStreamPolicy, choose_content_policy, frame_votes, policy_metrics, scored_streams
 from core.hydra_app import show_metrics
-from export.parity import placed_on
+from datamodules.cache import materialise
+from datamodules.synthetic.streams import SyntheticContentStreams, assign_stream_splits, check_stream_ids_disjoint
+from export.parity import placed_on, reference_outputs
 from models.predict import predict
 from models.resize import Framing
 from tracking.mlflow_run import append_description, log_metrics, run_link, stage_run
@@ -31,6 +35,38 @@ def fit_ood(datamodule, framing: Framing) -> OODCalibration:
     images = datamodule.load().images
     calib, test = (images[datamodule.split_manifest(split).index.to_numpy()] for split in ("calib", "test"))
     return OODCalibration.fit(calib, framing, test)
+
+
+def fit_stream_policy(
+    cfg: DictConfig, trained, model, state: CalibrationState
+) -> tuple[ContentStreamPolicy | None, str]:
+    """The certified stream policy on synthetic streams like the training data, or None and the reason in words."""
+    settings = cfg.calibration.streams
+    generator = trained.config.data.get("generator")
+    if not settings.enabled or generator is None:
+        why = "the model's data has no streams" if settings.enabled else "calibration.streams.enabled=false"
+        return None, f"no stream policy was certified ({why}); the runtime applies the fixed export.smoothing"
+    if trained.task != "content":
+        return None, "age streams are measured but no age stream policy is certified yet; the fixed export.smoothing"
+    content = settings.content
+    streams = SyntheticContentStreams(
+        seed=int(settings.seed),
+        classes=tuple(model.hparams.classes),
+        num_streams=int(content.num_streams),
+        frame_rate_hz=float(settings.frame_rate_hz),
+        stream_seconds=float(content.stream_seconds),
+        event_share=float(content.event_share),
+        event_seconds=tuple(float(s) for s in content.event_seconds),
+        image_size=int(generator.image_size),
+    )
+    fractions, seed = dict(settings.split_fractions), int(settings.seed)
+    workers = int(trained.config.data.get("render_workers", 1))
+    dataset = materialise(streams, cfg.paths.cache_dir, fractions, seed, workers, assign_stream_splits)
+    check_stream_ids_disjoint(dataset.manifest)
+    outputs = reference_outputs(model, state, np.asarray(dataset.images), state.interval_coverage(None), cfg.device)
+    scored = scored_streams(dataset.manifest, frame_votes(outputs, state, str(content.decision)))
+    policy = choose_content_policy(scored["calib"], scored["test"], content, streams.frame_rate_hz, state.confidence)
+    return policy, ""
 
 
 def calibrate(cfg: DictConfig) -> dict[str, float]:
@@ -59,6 +95,9 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
             max_false_alarm_rate=settings.max_false_alarm_rate,
             ood=fit_ood(datamodule, model.framing),
         )
+        state.stream, state.stream_reason = fit_stream_policy(cfg, trained, model, state)
+        if state.stream is not None:
+            result.metrics |= policy_metrics(state.stream)
         result.metrics |= {
             f"{split}/{trained.task}/ood_abstention_rate": getattr(state.ood, f"{split}_abstention_rate")
             for split in ("calib", "test")

@@ -10,6 +10,7 @@ from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
 from calibration.content import ContentCalibration
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
+from calibration.streams import ContentStreamPolicy
 from core.errors import WorkbenchError
 
 SCHEMA_VERSION = 1
@@ -29,6 +30,8 @@ class CalibrationState:
     operating_points: list[OperatingPoint] = field(default_factory=list)
     ood: OODCalibration | None = None  # the abstain score's statistics and threshold (calibration/ood.py)
     max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
+    stream: ContentStreamPolicy | None = None  # the certified stream policy (calibration/streams.py)
+    stream_reason: str = ""  # why there is none, in words for the contract and model card
     schema_version: int = SCHEMA_VERSION
 
     def interval_coverage(self, requested: float | None) -> float:
@@ -66,6 +69,8 @@ class CalibrationState:
     def _parse(cls, data: dict) -> CalibrationState:
         if data.get("content"):
             data["content"] = ContentCalibration(**data["content"])
+        if data.get("stream"):
+            data["stream"] = ContentStreamPolicy(**data["stream"])
         if data.get("age"):
             age = data["age"]
             age["gates"] = [GateCalibration(**g) for g in age["gates"]]

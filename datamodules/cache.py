@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +61,22 @@ def _render_chunk(generator, manifest: pd.DataFrame, indices: list[int]) -> np.n
 
 
 def materialise(
-    generator, cache_root: str | Path, split_fractions: dict[str, float], split_seed: int, workers: int = 1
+    generator,
+    cache_root: str | Path,
+    split_fractions: dict[str, float],
+    split_seed: int,
+    workers: int = 1,
+    assign_splits: Callable[[pd.DataFrame, dict[str, float], int], pd.DataFrame] = assign_subject_splits,
 ) -> CachedDataset:
-    """Return the cached dataset, rendering it first if this exact config was never rendered."""
+    """Return the cached dataset, rendering it first if this exact config was never rendered.
+
+    `assign_splits` adds the `split` column: by subject for images, by whole stream for streams.
+    """
     directory = Path(cache_root) / f"{generator.name}-{cache_key(generator, split_fractions, split_seed)}"
     if (directory / "manifest.parquet").exists():
         return CachedDataset.load(directory)
 
-    manifest = assign_subject_splits(generator.manifest(), split_fractions, split_seed)
+    manifest = assign_splits(generator.manifest(), split_fractions, split_seed)
     size = generator.image_size
     with staged(directory) as staging:
         images = np.lib.format.open_memmap(

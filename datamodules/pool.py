@@ -8,7 +8,13 @@ from concurrent.futures import ProcessPoolExecutor
 
 # Imported once by the forkserver, so that each worker starts with them loaded instead of spending
 # seconds importing torch and pandas itself.
-PRELOAD = ["datamodules.cache", "datamodules.integrity", "datamodules.synthetic.content", "datamodules.synthetic.faces"]
+PRELOAD = [
+    "datamodules.cache",
+    "datamodules.integrity",
+    "datamodules.synthetic.content",
+    "datamodules.synthetic.faces",
+    "datamodules.synthetic.streams",
+]
 
 
 def worker_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:

@@ -33,6 +33,8 @@ PLACEHOLDERS = {
     "output": r"[a-z][a-z0-9_]*",
     "when": r"(?:before|after)",
     "score": r"(?:ece|brier)",
+    "seconds": r"\d+(?:\.\d+)?",
+    "policy": r"(?:|/k3_of_5|/no_smoothing)",  # the chosen stream policy, or a fixed rule it is compared with
 }
 
 
@@ -123,6 +125,35 @@ GLOSSARY: tuple[Entry, ...] = (
     Entry("data/content/bayes_accuracy", SHARE, TRAIN, "The synthetic data's ceiling: 1 - its label-flip probability."),
     # Calibration: fitted on calib, measured on calib and test.
     Entry("calib/age/temperature", "temperature", CALIBRATE, "The fitted temperature of the age distribution."),
+    # The content stream policy (calibration/streams.py), chosen on calib streams, measured on both.
+    Entry("calib/content/stream/k", "frames", CALIBRATE, "The chosen k-of-n policy's k: blocking votes needed."),
+    Entry("calib/content/stream/n", "frames", CALIBRATE, "The chosen k-of-n policy's n: the window, in frames."),
+    Entry(
+        "calib/content/stream/recall_lower_bound",
+        "share of streams (0-1)",
+        CALIBRATE,
+        "One-sided Clopper-Pearson lower bound on the share of calib event streams blocked within the certified "
+        "deadline (calibration.streams.content.deadline_s).",
+    ),
+    Entry(
+        "{split}/content/stream{policy}/recall_within_{seconds}s",
+        "share of streams (0-1)",
+        CALIBRATE,
+        "Share of streams with an explicit event blocked within that many seconds of its onset, for the chosen "
+        "policy (no suffix) or the fixed 3-of-5 and no smoothing (test only).",
+    ),
+    Entry(
+        "{split}/content/stream{policy}/interruptions_per_hour",
+        "interruptions per hour",
+        CALIBRATE,
+        "Blocks that start outside an event (and over n frames after one ends), per hour of benign stream.",
+    ),
+    Entry(
+        "{split}/content/stream{policy}/time_to_block_p{pct}_s",
+        "seconds",
+        CALIBRATE,
+        "That quantile of seconds from an event's onset to the stream's first block in it; logged only when finite.",
+    ),
     Entry(
         "{split}/age/gate{gate}/{score}_{when}",
         "ECE or Brier (0-1)",

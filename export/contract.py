@@ -310,6 +310,58 @@ def _abstention(state: CalibrationState, face_crop: CropConvention | None) -> di
     return section
 
 
+def shipped_smoothing(state: CalibrationState, configured: dict[str, Any]) -> dict[str, Any]:
+    """The k-of-n the runtime applies: the certified stream policy's where calibrate chose one, else the config's."""
+    if state.stream is None:
+        return configured | {"source": "export.smoothing: a fixed setting, not chosen by a measurement"}
+    policy = state.stream
+    return configured | {
+        "k": policy.k,
+        "n": policy.n,
+        "frame_rate_hz": policy.frame_rate_hz,
+        "source": "the certified stream policy (see stream)",
+    }
+
+
+def _stream(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any]:
+    """The stream section: the policy, what it certifies and its measured figures, or why there are none."""
+    policy = state.stream
+    section: dict[str, Any] = {
+        "frame_rate_hz": smoothing["frame_rate_hz"],
+        "frame_rate_rule": "the policy counts frames: it assumes frames sampled at frame_rate_hz; a consumer reading "
+        "a video at another rate samples it down to this rate (or warns that it cannot)",
+        "policy": {"method": "k_of_n", "k": smoothing["k"], "n": smoothing["n"], "applied_as": "runtime.smoothing"},
+    }
+    if policy is None:
+        return section | {"certified": False, "reason": state.stream_reason or "no stream policy was fitted"}
+    return section | {
+        "certified": True,
+        "policy": section["policy"]
+        | {
+            "decision": policy.decision,
+            "chosen_by": f"fewest false interruptions per hour of benign calib stream among the {policy.candidates} "
+            f"k-of-n rules with 1 <= k <= n whose recall within {policy.deadline_s:g} s is certified",
+            "start": "fails closed: until n frames have voted, max(1, k - (n - seen)) blocking votes block",
+            "other_decisions": "every decision column is smoothed with the same k-of-n; the certificate covers "
+            f"'{policy.decision}'",
+        },
+        "certificate": {
+            "deadline_s": policy.deadline_s,
+            "min_recall": policy.min_deadline_recall,
+            "recall_lower_bound": policy.recall_lower_bound,
+            "confidence": policy.confidence,
+            "method": "one-sided Clopper-Pearson over calib event streams: a stream is recalled when it is blocked "
+            "within deadline_s of the event's onset",
+            "unit": "streams",
+            "event_streams": policy.calib_event_streams,
+            "streams": policy.calib_streams,
+        },
+        "calib": policy.calib,
+        "test": policy.test,
+        "compared": policy.compared,
+    }
+
+
 def _runtime(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any]:
     k, n = smoothing["k"], smoothing["n"]
     section: dict[str, Any] = {
@@ -317,6 +369,7 @@ def _runtime(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, An
             "method": smoothing["method"],
             "k": k,
             "n": n,
+            "source": smoothing["source"],
             "rule": f"a stream blocks on a decision column when at least k={k} of its last n={n} decided frames "
             "blocked on it",
             "warm_up": "until n frames have been seen, a stream blocks when at least max(1, k - (n - seen)) of the "
@@ -364,6 +417,7 @@ def build_contract(
 
     A release without it is recorded as unsigned, so every contract says how (or whether) it was signed.
     """
+    smoothing = shipped_smoothing(state, smoothing)
     contract = {
         "schema_version": SCHEMA_VERSION,
         "task": state.task,
@@ -391,6 +445,7 @@ def build_contract(
             "exporter": exporter,
         },
         "runtime": _runtime(state, smoothing),
+        "stream": _stream(state, smoothing),
         "release": {"signing": signing_record(None)} | release,
     }
     contract["precision"] = "int8" if quantization and quantization["kept"] else "fp32"

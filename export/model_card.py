@@ -90,6 +90,37 @@ def _signing_line(signing: dict[str, Any]) -> str:
     )
 
 
+def _stream_lines(stream: dict[str, Any]) -> list[str]:
+    """The stream policy and what it buys, in words: time to block, interruptions, against the fixed rules."""
+    policy = stream["policy"]
+    rate = stream["frame_rate_hz"]
+    rule = f"a stream blocks when {policy['k']} of its last {policy['n']} frames block, at {rate:g} frames a second"
+    if not stream["certified"]:
+        return ["", "## Live streams", f"- Smoothing: {rule}. Not certified: {stream['reason']}."]
+    certificate, test = stream["certificate"], stream["test"]
+    deadline = f"{certificate['deadline_s']:g}s"
+    lines = [
+        "",
+        "## Live streams",
+        f"- Policy: {rule} (decision `{policy['decision']}`), chosen on calib streams as the rule with the fewest "
+        f"false interruptions per hour whose recall within {deadline} is certified.",
+        f"- Guarantee (calib, {certificate['event_streams']} event streams of {certificate['streams']}): at least "
+        f"{certificate['recall_lower_bound']:.4f} of streams with an explicit event are blocked within {deadline} of "
+        f"its onset, at {certificate['confidence']:g} confidence (target {certificate['min_recall']:g}).",
+        f"- Test ({test['event_streams']} event streams of {test['streams']}): "
+        + "; ".join(f"blocked within {d}: {_ci(r)}" for d, r in test["deadline_recall"].items())
+        + f"; false interruptions of benign chats per hour: {_ci(test['interruptions_per_hour'])}.",
+        "",
+        f"| rule (test streams) | blocked within {deadline} (95% CI) | false interruptions per hour (95% CI) |",
+        "|---|---|---|",
+    ]
+    rows = {f"chosen: {policy['k']} of {policy['n']}": test} | stream["compared"]
+    for name, figures in rows.items():
+        recall, interruptions = figures["deadline_recall"][deadline], figures["interruptions_per_hour"]
+        lines.append(f"| {name} | {_ci(recall)} | {_ci(interruptions)} |")
+    return lines
+
+
 def render_model_card(contract: dict[str, Any]) -> str:
     task, data, metrics = contract["task"], contract["data"], contract["metrics"]
     headline = "MAE (years)" if task == "age" else "accuracy"
@@ -182,6 +213,7 @@ def render_model_card(contract: dict[str, Any]) -> str:
             lines += [f"| {attribute} | {value} | {_ci(metric)} |" for value, metric in values.items()]
     else:
         lines.append("No attribute columns in this dataset's manifest: not measurable.")
+    lines += _stream_lines(contract["stream"])
     lines += [
         "",
         "## Caveats",

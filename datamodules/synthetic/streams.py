@@ -305,8 +305,8 @@ class SyntheticAgeStreams(StreamFrames):
         )
 
 
-def assign_stream_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
-    """The split of each frame, whole streams at a time, so no person or scene is in two splits.
+def assign_stream_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
+    """The manifest with each frame's split, whole streams at a time, so no person or scene is in two splits.
 
     Strata keep the splits alike: age band of the person for age streams, event or not for content
     streams (so calib and test both hold event streams to certify and measure time-to-block on).
@@ -323,7 +323,7 @@ def assign_stream_splits(manifest: pd.DataFrame, fractions: dict[str, float], se
     else:
         labels = (manifest["event_start"] >= 0).to_numpy(dtype=int)
     split = stratified_group_split(labels, manifest["subject_id"].astype(str).to_numpy(), fractions, seed)
-    return pd.Series(split, index=manifest.index, name="split", dtype=object)
+    return manifest.assign(split=pd.Series(split, index=manifest.index, dtype=object))
 
 
 def check_stream_ids_disjoint(manifest: pd.DataFrame) -> None:

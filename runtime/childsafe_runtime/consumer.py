@@ -26,7 +26,7 @@ from childsafe_runtime.crop import BoxError, CropConvention, check_box, crop_fac
 from childsafe_runtime.detector import Detector, DetectorError
 from childsafe_runtime.frames import Frame, SizeLimits, Unreadable, read_inputs
 from childsafe_runtime.integrity import METADATA_KEY, MODEL_FILE, BundleError, read_contract, verify_bundle
-from childsafe_runtime.smoothing import KOfNSmoother, NoFaceClock, StreamClock
+from childsafe_runtime.smoothing import KOfNSmoother, NoFaceClock, StreamClock, VideoSampler, rate_warning
 
 if TYPE_CHECKING:
     from childsafe_runtime.signing import PublicKeySource
@@ -247,7 +247,9 @@ class Run:
     detector: Detector | None = None
     streams: dict[str, _Stream] = field(default_factory=dict)
     counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("frames_read", "decided", "abstained", "skipped", "failed"), 0)
+        default_factory=lambda: dict.fromkeys(
+            ("frames_read", "not_sampled", "decided", "abstained", "skipped", "failed"), 0
+        )
     )
     latencies_ms: list[float] = field(default_factory=list)
     sidecar_problems: list[str] = field(default_factory=list)
@@ -256,6 +258,7 @@ class Run:
         """Per-frame and per-unreadable-input records in input order, then the summary record."""
         for source in inputs:
             pending: list[tuple[Frame, str, tuple[list | None, int | None]]] = []
+            sampler: VideoSampler | None = None
             for event in read_inputs([Path(source)], self.filter_.limits):
                 if isinstance(event, Unreadable):
                     yield from self._flush(pending)
@@ -263,6 +266,15 @@ class Run:
                     yield self._unreadable(event)
                     continue
                 self.counts["frames_read"] += 1
+                if event.video_time_s is not None:
+                    if sampler is None:
+                        sampler = VideoSampler(self.rate_hz)
+                        warning = rate_warning(event.source, event.video_fps or 0.0, self.rate_hz)
+                        if warning:
+                            yield {"type": "warning", "source": event.source, "warning": warning}
+                    if not sampler.take(event.video_time_s):
+                        self._not_sampled(event)
+                        continue
                 stream = self._stream_id(Path(source), event)
                 try:
                     boxes, line = self._boxes(event)
@@ -285,6 +297,17 @@ class Run:
             self.sidecar_problems.append(problem)
             yield {"type": "sidecar_error", "line": line.number, "frame": line.frame, "error": problem}
         yield self.summary()
+
+    @property
+    def rate_hz(self) -> float:
+        """The frame rate the contract's stream policy counts frames at."""
+        return float(self.filter_.contract["runtime"]["smoothing"]["frame_rate_hz"])
+
+    def _not_sampled(self, frame: Frame) -> None:
+        """A video frame between the policy's samples: counted, and its boxes line (if any) consumed."""
+        self.counts["not_sampled"] += 1
+        if self.sidecar is not None and self.filter_.convention is not None:
+            self.sidecar.take((frame.name, frame.source), frame.index, True)
 
     def _stream_id(self, source: Path, frame: Frame) -> str:
         if self.stream_id is not None:
@@ -333,11 +356,12 @@ class Run:
     def _stream(self, stream_id: str) -> _Stream:
         if stream_id not in self.streams:
             runtime = self.filter_.contract["runtime"]
-            smoothing = runtime["smoothing"]
-            rate = float(smoothing["frame_rate_hz"])
+            smoothing, rate = runtime["smoothing"], self.rate_hz
             no_decision = runtime.get("no_decision")
             no_face = NoFaceClock(float(no_decision["no_face_seconds"]), rate) if self.filter_.convention else None
-            self.streams[stream_id] = _Stream(KOfNSmoother(smoothing["k"], smoothing["n"]), StreamClock(rate), no_face)
+            columns = tuple(point["name"] for point in self.filter_.contract["operating_points"])
+            smoother = KOfNSmoother(smoothing["k"], smoothing["n"], columns)  # blocks until a frame votes
+            self.streams[stream_id] = _Stream(smoother, StreamClock(rate), no_face)
         return self.streams[stream_id]
 
     def _frame_record(

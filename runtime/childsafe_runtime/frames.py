@@ -50,6 +50,7 @@ class Frame:
     index: int  # frame number within a video or a folder declared one stream; 0 for a lone image
     pixels: np.ndarray  # uint8 (H, W, 3) RGB, oriented
     video_time_s: float | None = None  # the container's timestamp, for video frames
+    video_fps: float | None = None  # the container's frame rate, for video frames (0 when it states none)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def read_video(path: Path, limits: SizeLimits) -> Iterator[Frame | Unreadable]:
         if not capture.isOpened():
             raise InputError(f"{path} could not be opened as a video (OpenCV found no decodable stream)")
         announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         index, decoded, bad_in_a_row = 0, 0, 0
         while announced <= 0 or index < announced:
             ok, bgr = capture.read()
@@ -168,7 +170,7 @@ def read_video(path: Path, limits: SizeLimits) -> Iterator[Frame | Unreadable]:
             if decoded == 0:
                 limits.check(bgr.shape[1], bgr.shape[0], str(path))
             time_s = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            yield Frame(str(path), path.name, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time_s)
+            yield Frame(str(path), path.name, index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), time_s, fps)
             index, decoded, bad_in_a_row = index + 1, decoded + 1, 0
         if decoded == 0:
             raise InputError(f"{path} opened as a video but not one frame could be decoded from it")

@@ -4,7 +4,8 @@ The contract's `runtime.smoothing` rule: a stream blocks on a decision when at l
 voting frames blocked; until n frames have voted it blocks when at least max(1, k - (n - seen)) of the
 `seen` frames blocked, so its first frame decides alone and a single image is judged as it was.
 A frame with no decision (no face, every face abstained, or out of distribution) casts no vote and
-leaves the window as it was. `smoothed` is the authoritative field.
+leaves the window as it was. Before any frame of the stream has voted on a column, the stream blocks
+on it: the start of a stream fails closed. `smoothed` is the authoritative field.
 """
 
 from __future__ import annotations
@@ -20,24 +21,32 @@ def required_votes(k: int, n: int, seen: int) -> int:
 
 @dataclass
 class KOfNSmoother:
-    """Per decision column, a window of the last n votes; `update(None)` is a frame that did not vote."""
+    """Per decision column, a window of the last n votes; `update(None)` is a frame that did not vote.
+
+    `columns` are the contract's decision columns: each blocks until its first vote. A column first
+    seen in a vote (a smoother built without columns) joins then.
+    """
 
     k: int
     n: int
+    columns: tuple[str, ...] = ()
     history: dict[str, deque] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n:
             raise ValueError(f"k-of-n smoothing needs 1 <= k <= n, got k={self.k}, n={self.n}")
+        for name in self.columns:
+            self.history[name] = deque(maxlen=self.n)
 
     def update(self, decisions: dict[str, bool] | None) -> dict[str, bool] | None:
-        """The stream's smoothed decisions after this frame; None while no frame has voted."""
+        """The stream's smoothed decisions after this frame; None only without columns before any vote."""
         for name, value in (decisions or {}).items():
             self.history.setdefault(name, deque(maxlen=self.n)).append(bool(value))
         if not self.history:
             return None
         return {
-            name: sum(window) >= required_votes(self.k, self.n, len(window)) for name, window in self.history.items()
+            name: not window or sum(window) >= required_votes(self.k, self.n, len(window))
+            for name, window in self.history.items()
         }
 
 
@@ -80,3 +89,50 @@ class StreamClock:
             now = self.offset + video_time_s
         self.source, self.last = source, now
         return now
+
+
+RATE_TOLERANCE = 0.01  # relative: a video within 1% of the policy's rate is taken as at that rate
+
+
+@dataclass
+class VideoSampler:
+    """Takes a video's frames at the policy's rate, by their timestamps: the k-of-n policy counts frames.
+
+    A 30 fps video judged frame by frame would fill a window chosen for 2 frames a second fifteen
+    times too fast, so the first frame is taken, then the first frame at or after each 1 / rate_hz.
+    A video slower than the rate cannot be sampled up: every frame is taken (see `rate_warning`).
+    """
+
+    rate_hz: float
+    due: float | None = None
+
+    def take(self, time_s: float) -> bool:
+        step = 1.0 / self.rate_hz
+        slack = RATE_TOLERANCE * step
+        if self.due is None or time_s > self.due + step:  # the first frame, or the first after a gap
+            self.due = time_s
+        if time_s < self.due - slack:
+            return False
+        self.due += step
+        return True
+
+
+def rate_warning(source: str, video_fps: float, rate_hz: float) -> str | None:
+    """What the consumer does with a video whose rate is not the policy's, in words; None when it is."""
+    if video_fps <= 0:
+        return (
+            f"{source} states no frame rate: frames are taken by their timestamps at the policy's {rate_hz:g} per "
+            "second"
+        )
+    if abs(video_fps - rate_hz) <= RATE_TOLERANCE * rate_hz:
+        return None
+    if video_fps > rate_hz:
+        return (
+            f"{source} runs at {video_fps:g} fps and the contract's stream policy assumes {rate_hz:g}: one frame "
+            f"every {1 / rate_hz:g} s is judged (by timestamp) and the rest are counted as not_sampled"
+        )
+    return (
+        f"{source} runs at {video_fps:g} fps, slower than the {rate_hz:g} per second the contract's stream policy "
+        f"was certified at: every frame is judged, so its k-of-n window spans {rate_hz / video_fps:g}x the time "
+        "it was chosen for and the stream figures in the contract do not hold for this input"
+    )

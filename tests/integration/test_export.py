@@ -227,7 +227,8 @@ def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
 
     bundle, contract = _export_and_consume(tmp_path, *_content_case("small_cnn"))
     video = tmp_path / "stream.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (SIZE, SIZE))
+    rate = contract["runtime"]["smoothing"]["frame_rate_hz"]  # a video at the policy's rate: every frame is judged
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), rate, (SIZE, SIZE))
     rng = np.random.default_rng(0)
     for _ in range(6):
         writer.write(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
@@ -237,7 +238,7 @@ def test_consumer_reads_video_frames_and_smooths_k_of_n(tmp_path):
     assert {r["source"] for r in records} == {str(video)}
     # Replaying the per-frame decisions through a fresh k-of-n smoother gives the stream's smoothed decisions.
     smoothing = contract["runtime"]["smoothing"]
-    replay = KOfNSmoother(smoothing["k"], smoothing["n"])
+    replay = KOfNSmoother(smoothing["k"], smoothing["n"], tuple(p["name"] for p in contract["operating_points"]))
     assert [replay.update(r["decisions"]) for r in records] == [r["smoothed"] for r in records]
     json.dumps(records)  # every record is plain JSON
 

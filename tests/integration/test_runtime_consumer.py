@@ -240,13 +240,17 @@ def test_a_stream_s_first_frames_follow_the_warm_up_rule(tmp_path, capsys, stand
 # --- operating the consumer (acceptance 6) ------------------------------------------------------------
 
 
-def test_records_carry_identity_time_and_latency_and_the_summary_counts(tmp_path, capsys, stand_in_bundles):
+def _grey_video(path: Path, fps: float, count: int = 6) -> Path:
     cv2 = pytest.importorskip("cv2")
-    video = tmp_path / "call.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
-    for value in (40, 60, 80, 100, 120, 140):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 48))
+    for value in range(40, 40 + 20 * count, 20):
         writer.write(np.full((48, 64, 3), value, np.uint8))
     writer.release()
+    return path
+
+
+def test_records_carry_identity_time_and_latency_and_the_summary_counts(tmp_path, capsys, stand_in_bundles):
+    video = _grey_video(tmp_path / "call.avi", 5)  # the stand-in contract's stream policy rate
     code, records, _ = _consume(capsys, stand_in_bundles["content"], video, "--batch", "4")
     frames, summary = _frames(records), records[-1]
     assert code == 0 and len(frames) == 6
@@ -255,12 +259,31 @@ def test_records_carry_identity_time_and_latency_and_the_summary_counts(tmp_path
         assert record["model_name"] == contract["model_name"] and record["version"] == contract["created_at"]
         assert record["mlflow_run_id"] == contract["mlflow_run_id"] and record["stream_id"] == str(video)
         assert record["latency_ms"] > 0
-    assert [(r["frame_index"], r["timestamp_s"]) for r in frames] == [(i, round(i / 10, 6)) for i in range(6)]
+    assert [(r["frame_index"], r["timestamp_s"]) for r in frames] == [(i, round(i / 5, 6)) for i in range(6)]
     assert summary["type"] == "summary" and summary["frames_read"] == 6 and summary["decided"] == 6
+    assert summary["not_sampled"] == 0 and not [r for r in records if r["type"] == "warning"]
     assert summary["failed"] == summary["skipped"] == summary["abstained"] == 0 and summary["exit_code"] == 0
     assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p95"] <= summary["latency_ms"]["p99"]
     _, unbatched, _ = _consume(capsys, stand_in_bundles["content"], video)
     assert [r["outputs"] for r in _frames(unbatched)] == [r["outputs"] for r in frames]  # batching changes nothing
+
+
+def test_a_video_faster_than_the_policy_rate_is_sampled_down_and_the_operator_told(tmp_path, capsys, stand_in_bundles):
+    video = _grey_video(tmp_path / "call.avi", 10)  # the contract's policy counts frames at 5 per second
+    code, records, _ = _consume(capsys, stand_in_bundles["content"], video)
+    (warning,) = [r for r in records if r["type"] == "warning"]
+    assert "runs at 10 fps" in warning["warning"] and "assumes 5" in warning["warning"]
+    frames, summary = _frames(records), records[-1]
+    assert code == 0 and [r["frame_index"] for r in frames] == [0, 2, 4]
+    assert summary["frames_read"] == 6 and summary["not_sampled"] == 3 and summary["decided"] == 3
+
+
+def test_a_video_slower_than_the_policy_rate_is_judged_whole_with_a_warning(tmp_path, capsys, stand_in_bundles):
+    video = _grey_video(tmp_path / "call.avi", 2.5)
+    code, records, _ = _consume(capsys, stand_in_bundles["content"], video)
+    (warning,) = [r for r in records if r["type"] == "warning"]
+    assert "slower" in warning["warning"] and "do not hold" in warning["warning"]
+    assert code == 0 and len(_frames(records)) == 6 and records[-1]["not_sampled"] == 0
 
 
 def test_a_broken_video_is_named_and_exits_3(tmp_path, capsys, stand_in_bundles):
@@ -319,7 +342,9 @@ def test_blank_frames_abstain_noise_is_judged_and_an_age_frame_without_boxes_dec
     assert code == 0
     for name in ("black.png", "white.png"):
         assert frames[name]["abstained"] == "out_of_distribution" and frames[name]["decisions"] is None
-        assert frames[name]["smoothed"] is None
+    # Each image is its own stream, and a stream that has not voted fails closed on every decision.
+    for name in ("black.png", "white.png"):
+        assert frames[name]["smoothed"] and all(frames[name]["smoothed"].values()), frames[name]
     assert frames["noise.png"]["decisions"] is not None and frames["noise.png"]["abstained"] is None
     code, records, _ = _consume(capsys, stand_in_bundles["content"], *paths[:2])
     assert code == EXIT_NOTHING_DECIDED and records[-1]["abstained"] == 2
