@@ -8,19 +8,26 @@ figures and metrics to an MLflow run nested under the training run.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from calibration.age_streams import age_stream_metrics, measure_age_streams
 from calibration.fit import calibrate_age, calibrate_content
 from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
-from calibration.streams import ContentStreamPolicy, choose_content_policy, frame_votes, policy_metrics, scored_streams
+from calibration.streams import choose_content_policy, frame_votes, policy_metrics, scored_streams
 from core.hydra_app import show_metrics
 from datamodules.cache import materialise
-from datamodules.synthetic.streams import SyntheticContentStreams, assign_stream_splits, check_stream_ids_disjoint
+from datamodules.synthetic.streams import (
+    SyntheticAgeStreams,
+    SyntheticContentStreams,
+    assign_stream_splits,
+    check_stream_ids_disjoint,
+)
 from export.parity import placed_on, reference_outputs
 from models.predict import predict
 from models.resize import Framing
@@ -37,36 +44,62 @@ def fit_ood(datamodule, framing: Framing) -> OODCalibration:
     return OODCalibration.fit(calib, framing, test)
 
 
-def fit_stream_policy(
-    cfg: DictConfig, trained, model, state: CalibrationState
-) -> tuple[ContentStreamPolicy | None, str]:
-    """The certified stream policy on synthetic streams like the training data, or None and the reason in words."""
-    settings = cfg.calibration.streams
-    generator = trained.config.data.get("generator")
-    if not settings.enabled or generator is None:
-        why = "the model's data has no streams" if settings.enabled else "calibration.streams.enabled=false"
-        return None, f"no stream policy was certified ({why}); the runtime applies the fixed export.smoothing"
-    if trained.task != "content":
-        return None, "age streams are measured but no age stream policy is certified yet; the fixed export.smoothing"
-    content = settings.content
-    streams = SyntheticContentStreams(
-        seed=int(settings.seed),
-        classes=tuple(model.hparams.classes),
-        num_streams=int(content.num_streams),
-        frame_rate_hz=float(settings.frame_rate_hz),
-        stream_seconds=float(content.stream_seconds),
-        event_share=float(content.event_share),
-        event_seconds=tuple(float(s) for s in content.event_seconds),
-        image_size=int(generator.image_size),
+def stream_generator(cfg: DictConfig, trained, model):
+    """Synthetic streams drawn like the model's training data (size, framing, classes or age prior)."""
+    settings, data = cfg.calibration.streams, trained.config.data.generator
+    common = {
+        "seed": int(settings.seed),
+        "frame_rate_hz": float(settings.frame_rate_hz),
+        "image_size": int(data.image_size),
+    }
+    if trained.task == "content":
+        content = settings.content
+        return SyntheticContentStreams(
+            classes=tuple(model.hparams.classes),
+            num_streams=int(content.num_streams),
+            stream_seconds=float(content.stream_seconds),
+            event_share=float(content.event_share),
+            event_seconds=tuple(float(s) for s in content.event_seconds),
+            **common,
+        )
+    generator = instantiate(data)  # its age prior and apparent-age noise, as trained on
+    return SyntheticAgeStreams(
+        num_streams=int(settings.age.num_streams),
+        frames_per_stream=int(settings.age.frames_per_stream),
+        margin=generator.margin,
+        prior=generator.prior,
+        noise=generator.noise,
+        **common,
     )
+
+
+def fit_streams(cfg: DictConfig, trained, model, state: CalibrationState) -> CalibrationState:
+    """The state with its stream figures: the certified content policy, or the age measurement; else the reason."""
+    settings = cfg.calibration.streams
+    if not settings.enabled or trained.config.data.get("generator") is None:
+        why = "the model's data has no streams" if settings.enabled else "calibration.streams.enabled=false"
+        return replace(state, stream_reason=f"no stream figures were measured ({why})")
+    streams = stream_generator(cfg, trained, model)
     fractions, seed = dict(settings.split_fractions), int(settings.seed)
     workers = int(trained.config.data.get("render_workers", 1))
     dataset = materialise(streams, cfg.paths.cache_dir, fractions, seed, workers, assign_stream_splits)
     check_stream_ids_disjoint(dataset.manifest)
     outputs = reference_outputs(model, state, np.asarray(dataset.images), state.interval_coverage(None), cfg.device)
+    if trained.task == "age":
+        figures = measure_age_streams(
+            dataset.manifest,
+            outputs,
+            state,
+            streams.frame_rate_hz,
+            streams.frames_per_stream,
+            float(cfg.calibration.age.max_minor_pass_rate),
+        )
+        reason = "age streams are measured (stream.age), but no age stream policy is certified yet"
+        return replace(state, age_stream=figures, stream_reason=reason)
+    content = settings.content
     scored = scored_streams(dataset.manifest, frame_votes(outputs, state, str(content.decision)))
     policy = choose_content_policy(scored["calib"], scored["test"], content, streams.frame_rate_hz, state.confidence)
-    return policy, ""
+    return replace(state, stream=policy)
 
 
 def calibrate(cfg: DictConfig) -> dict[str, float]:
@@ -95,9 +128,11 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
             max_false_alarm_rate=settings.max_false_alarm_rate,
             ood=fit_ood(datamodule, model.framing),
         )
-        state.stream, state.stream_reason = fit_stream_policy(cfg, trained, model, state)
+        state = fit_streams(cfg, trained, model, state)
         if state.stream is not None:
             result.metrics |= policy_metrics(state.stream)
+        if state.age_stream is not None:
+            result.metrics |= age_stream_metrics(state.age_stream)
         result.metrics |= {
             f"{split}/{trained.task}/ood_abstention_rate": getattr(state.ood, f"{split}_abstention_rate")
             for split in ("calib", "test")

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
+from calibration.age_streams import AgeStreamFigures
 from calibration.content import ContentCalibration
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
@@ -31,7 +32,8 @@ class CalibrationState:
     ood: OODCalibration | None = None  # the abstain score's statistics and threshold (calibration/ood.py)
     max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
     stream: ContentStreamPolicy | None = None  # the certified stream policy (calibration/streams.py)
-    stream_reason: str = ""  # why there is none, in words for the contract and model card
+    age_stream: AgeStreamFigures | None = None  # per-stream age figures (calibration/age_streams.py)
+    stream_reason: str = ""  # why there is no certified stream policy, in words for the contract and model card
     schema_version: int = SCHEMA_VERSION
 
     def interval_coverage(self, requested: float | None) -> float:
@@ -71,6 +73,8 @@ class CalibrationState:
             data["content"] = ContentCalibration(**data["content"])
         if data.get("stream"):
             data["stream"] = ContentStreamPolicy(**data["stream"])
+        if data.get("age_stream"):
+            data["age_stream"] = AgeStreamFigures(**data["age_stream"])
         if data.get("age"):
             age = data["age"]
             age["gates"] = [GateCalibration(**g) for g in age["gates"]]

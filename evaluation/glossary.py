@@ -35,6 +35,7 @@ PLACEHOLDERS = {
     "score": r"(?:ece|brier)",
     "seconds": r"\d+(?:\.\d+)?",
     "policy": r"(?:|/k3_of_5|/no_smoothing)",  # the chosen stream policy, or a fixed rule it is compared with
+    "seen": r"(?:frame|frames\d+)",  # one frame, or a whole stream of that many frames
 }
 
 
@@ -147,6 +148,27 @@ GLOSSARY: tuple[Entry, ...] = (
         "interruptions per hour",
         CALIBRATE,
         "Blocks that start outside an event (and over n frames after one ends), per hour of benign stream.",
+    ),
+    Entry(
+        "test/age/stream/gate{gate}/{seen}/minor_pass_rate",
+        "share of people (0-1)",
+        CALIBRATE,
+        "Share of test streams of people under the gate judged adult, on their first frame at the per-frame "
+        "threshold (frame) or on the mean logit of all their frames at the threshold matching the per-frame adult "
+        "false rejection on calib (framesN); a measurement, not the runtime's policy.",
+    ),
+    Entry(
+        "test/age/stream/gate{gate}/{seen}/adult_false_rejection",
+        "share of people (0-1)",
+        CALIBRATE,
+        "Share of test streams of people at or over the gate judged under it, as for minor_pass_rate.",
+    ),
+    Entry(
+        "test/age/stream/gate{gate}/frames_needed",
+        "frames",
+        CALIBRATE,
+        "Fewest frames whose per-stream minor pass rate (at the matched false rejection) is at most "
+        "calibration.age.max_minor_pass_rate; logged only when some stream length reaches it.",
     ),
     Entry(
         "{split}/content/stream{policy}/time_to_block_p{pct}_s",

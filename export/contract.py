@@ -332,6 +332,13 @@ def _stream(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any
         "a video at another rate samples it down to this rate (or warns that it cannot)",
         "policy": {"method": "k_of_n", "k": smoothing["k"], "n": smoothing["n"], "applied_as": "runtime.smoothing"},
     }
+    if state.age_stream is not None:
+        section["age"] = state.age_stream.to_dict() | {
+            "applied_by_runtime": False,
+            "meaning": "a measurement of what judging a person over a stream buys: per gate, test minor pass rate "
+            "and adult false rejection after m frames, at the threshold matching the per-frame operating point's "
+            "calib adult false rejection; the runtime applies runtime.smoothing, not this aggregation",
+        }
     if policy is None:
         return section | {"certified": False, "reason": state.stream_reason or "no stream policy was fitted"}
     return section | {

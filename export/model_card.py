@@ -96,7 +96,8 @@ def _stream_lines(stream: dict[str, Any]) -> list[str]:
     rate = stream["frame_rate_hz"]
     rule = f"a stream blocks when {policy['k']} of its last {policy['n']} frames block, at {rate:g} frames a second"
     if not stream["certified"]:
-        return ["", "## Live streams", f"- Smoothing: {rule}. Not certified: {stream['reason']}."]
+        lines = ["", "## Live streams", f"- Smoothing: {rule}. Not certified: {stream['reason']}."]
+        return lines + (_age_stream_lines(stream["age"]) if "age" in stream else [])
     certificate, test = stream["certificate"], stream["test"]
     deadline = f"{certificate['deadline_s']:g}s"
     lines = [
@@ -118,6 +119,28 @@ def _stream_lines(stream: dict[str, Any]) -> list[str]:
     for name, figures in rows.items():
         recall, interruptions = figures["deadline_recall"][deadline], figures["interruptions_per_hour"]
         lines.append(f"| {name} | {_ci(recall)} | {_ci(interruptions)} |")
+    return lines
+
+
+def _age_stream_lines(age: dict[str, Any]) -> list[str]:
+    """Per gate: one frame against the whole stream, at the same adult false rejection, in words and a table."""
+    lines = [
+        f"- Judging a person over a stream (measured on {age['test_streams']} test streams of "
+        f"{age['frames_per_stream']} frames at {age['frame_rate_hz']:g} per second; the {age['aggregation']}; the "
+        "runtime does not apply this yet): the threshold after m frames matches the per-frame operating point's "
+        "adult false rejection on calib.",
+        "",
+        "| gate | minor pass rate, one frame (95% CI) | minor pass rate, whole stream (95% CI) "
+        "| adult false rejection, one frame | adult false rejection, whole stream | frames needed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for gate in age["gates"]:
+        frame, whole = gate["per_frame"], gate["per_stream"][-1]
+        needed = gate["frames_needed"] if gate["frames_needed"] is not None else "not reached"
+        lines.append(
+            f"| {gate['gate']:g} | {_ci(frame['minor_pass_rate'])} | {_ci(whole['minor_pass_rate'])} | "
+            f"{_ci(frame['adult_false_rejection'])} | {_ci(whole['adult_false_rejection'])} | {needed} |"
+        )
     return lines
 
 

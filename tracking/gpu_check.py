@@ -102,6 +102,8 @@ TINY = Sizes(
         "calibration.streams.content.num_streams=32",
         "calibration.streams.content.stream_seconds=15",
         "calibration.streams.content.min_deadline_recall=0.3",
+        "calibration.streams.age.num_streams=24",
+        "calibration.streams.age.frames_per_stream=4",
     ),
     bench=(
         "bench.repeats=1",
