@@ -78,7 +78,9 @@ def policy_figures(
     """Deadline recall at each deadline, false interruptions per hour and time-to-block quantiles, with intervals."""
     decided = decisions_of(streams, k, n)
     quantiles = time_to_block_quantiles(decided, fps)
+    delays = [d.seconds_to_block(fps) for d in decided if d.event is not None]
     return {
+        "seconds_to_block": [delay if np.isfinite(delay) else None for delay in delays],  # None: never blocked
         "deadline_recall": {f"{d:g}s": deadline_recall(decided, fps, d).to_dict() for d in deadlines},
         "interruptions_per_hour": interruptions_per_hour(decided, fps, grace=n).to_dict(),
         "time_to_block_s": {f"p{round(q * 100)}": (v if np.isfinite(v) else None) for q, v in quantiles.items()},

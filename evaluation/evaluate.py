@@ -370,4 +370,14 @@ def figures_for(frame, state, tables, fairness, headline_name) -> dict[str, Figu
         curves["unsafe"] = (frame["unsafe_score"].to_numpy(), _positives(frame, "unsafe", state))
         figures["ROC and precision-recall"] = report.roc_pr_plot(curves)
     figures[f"Per-group {headline_name}"] = report.group_bars_plot(fairness, headline_name)
+    if state.stream is not None:  # calibrate's test streams: the chosen policy beside the fixed rules
+        policy = state.stream
+        rules = {f"chosen: {policy.k} of {policy.n}": policy.test} | policy.compared
+        figures["Live streams: recall against interruptions, and time to block"] = report.stream_rules_plot(
+            rules, f"{policy.deadline_s:g}s"
+        )
+    if state.age_stream is not None:
+        figures["Live streams: pass rate and false rejection against frames seen"] = report.frames_seen_plot(
+            state.age_stream.gates
+        )
     return figures

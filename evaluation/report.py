@@ -87,6 +87,50 @@ def gate_plot(table: pd.DataFrame, gate: float) -> Figure:
     return figure
 
 
+def stream_rules_plot(rules: dict[str, dict], deadline: str) -> Figure:
+    """Each stream rule on test streams: recall within the deadline against false interruptions per hour, with
+    their intervals, beside the cumulative share of event streams blocked by each second after the onset."""
+    figure, (trade, cdf) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, figures in rules.items():
+        recall, rate = figures["deadline_recall"][deadline], figures["interruptions_per_hour"]
+        if recall["value"] is not None and rate["value"] is not None:
+            trade.errorbar(
+                rate["value"],
+                recall["value"],
+                xerr=[[rate["value"] - rate["ci_low"]], [rate["ci_high"] - rate["value"]]],
+                yerr=[[recall["value"] - recall["ci_low"]], [recall["ci_high"] - recall["value"]]],
+                fmt="o",
+                capsize=3,
+                label=name,
+            )
+        delays = np.sort([np.inf if d is None else d for d in figures["seconds_to_block"]])
+        if delays.size:
+            cdf.step(delays, np.arange(1, delays.size + 1) / delays.size, where="post", label=name)
+    trade.set(xlabel="false interruptions per hour of benign stream", ylabel=f"recall within {deadline}")
+    cdf.set(xlabel="seconds from the event's onset", ylabel="share of event streams blocked", title="time to block")
+    trade.legend(fontsize=7)
+    cdf.legend(fontsize=7)
+    return figure
+
+
+def frames_seen_plot(gates: list[dict]) -> Figure:
+    """Per gate, the per-person minor pass rate and adult false rejection against the frames seen (95% CI bands)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for gate in gates:
+        frames = [point["frames"] for point in gate["per_stream"]]
+        for axis, rate in zip(axes, ("minor_pass_rate", "adult_false_rejection"), strict=True):
+            records = [point[rate] for point in gate["per_stream"]]
+            values = [np.nan if r["value"] is None else r["value"] for r in records]
+            line = axis.plot(frames, values, marker="o", markersize=3, label=f"gate {gate['gate']:g}")[0]
+            low = [np.nan if r["ci_low"] is None else r["ci_low"] for r in records]
+            high = [np.nan if r["ci_high"] is None else r["ci_high"] for r in records]
+            axis.fill_between(frames, low, high, color=line.get_color(), alpha=0.15)
+    axes[0].set(xlabel="frames seen", ylabel="share of minors passing", title="minor pass rate per person")
+    axes[1].set(xlabel="frames seen", ylabel="share of adults rejected", title="adult false rejection per person")
+    axes[0].legend(fontsize=7)
+    return figure
+
+
 def group_bars_plot(table: pd.DataFrame, metric: str) -> Figure:
     part = table[(table["metric"] == metric) & table["value_num"].notna()]
     figure, axis = plt.subplots(figsize=(9, 3.8))

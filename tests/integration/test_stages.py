@@ -154,6 +154,13 @@ def test_export_publishes_a_registered_bundle_the_consumer_agrees_with(trained, 
     evaluation = compose_stage("evaluate", root, shared_cache, "train_task=content_synthetic")
     evaluate(evaluation)
     predictions = pd.read_parquet(Path(evaluation.paths.output_dir) / "predictions.parquet")
+    # The certified stream policy reaches the reviewer: a scorecard row, and its figure in the report.
+    assert contract["stream"]["certified"]
+    report_text = (Path(evaluation.paths.output_dir) / "report.md").read_text()
+    assert f"stream: {contract['stream']['policy']['k']} of {contract['stream']['policy']['n']}" in report_text
+    assert (
+        "Live streams: recall against interruptions" in (Path(evaluation.paths.output_dir) / "report.html").read_text()
+    )
     calibration_run = client.get_run(export_run.data.tags["mlflow.parentRunId"])
     trained_run = resolve_trained_run(calibration_run.data.tags["mlflow.parentRunId"], None, root / "dl")
     datamodule = trained_run.datamodule()

@@ -58,3 +58,25 @@ def test_a_whole_stream_passes_fewer_minors_than_one_frame_at_the_same_adult_fal
     assert whole["minor_pass_rate"]["ci_high"] < frame["minor_pass_rate"]["value"]
     assert gate["per_stream"][0]["minor_pass_rate"]["value"] >= whole["minor_pass_rate"]["value"]
     assert gate["frames_needed"] is not None and 1 <= gate["frames_needed"] <= 8
+
+
+def test_the_report_plots_pass_rate_and_false_rejection_against_frames_seen():
+    from evaluation.report import frames_seen_plot
+
+    gates = [
+        {
+            "gate": gate,
+            "per_stream": [
+                {
+                    "frames": m,
+                    "minor_pass_rate": {"value": 0.1 / m, "ci_low": 0.0, "ci_high": 0.2},
+                    "adult_false_rejection": {"value": None, "ci_low": None, "ci_high": None},
+                }
+                for m in (1, 2, 3)
+            ],
+        }
+        for gate in (13.0, 18.0)
+    ]
+    passes, rejections = frames_seen_plot(gates).axes
+    assert [len(line.get_xdata()) for line in passes.get_lines()] == [3, 3]
+    assert len(rejections.get_lines()) == 2  # a gate with nothing measurable is drawn empty, not dropped

@@ -87,3 +87,31 @@ def test_streams_are_grouped_by_split_in_frame_order_with_their_events():
     streams = scored_streams(manifest, [False, True, None, False])
     assert streams["calib"] == [ScoredStream("a", (None, False, True), (1, 3))]
     assert streams["test"] == [ScoredStream("b", (False,), None)]
+
+
+def test_the_stream_policy_is_a_scorecard_row_that_fails_when_its_certificate_does_not_hold():
+    from dataclasses import replace
+
+    from evaluation.scorecard import scorecard
+
+    policy = choose_content_policy(noisy_streams(120, 0), noisy_streams(120, 1), SETTINGS, FPS, 0.95)
+    state = CalibrationState("content", None, "x", 0.95, stream=policy)
+    (row,) = scorecard(state).to_dict("records")
+    assert row["verdict"] == "PASS" and row["operating point"] == f"stream: {policy.k} of {policy.n} (recall_explicit)"
+    assert "interruptions" in " ".join(scorecard(state).columns)
+    weak = replace(policy, recall_lower_bound=0.85)
+    assert scorecard(replace(state, stream=weak))["why"][0] == "calib bound 15.00% exceeds the target 10.00%"
+    missed = replace(
+        policy, test=policy.test | {"deadline_recall": {"5s": {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9}}}
+    )
+    assert scorecard(replace(state, stream=missed))["verdict"][0] == "FAIL"
+
+
+def test_the_report_plots_each_rule_s_trade_off_and_time_to_block():
+    from evaluation.report import stream_rules_plot
+
+    policy = choose_content_policy(noisy_streams(120, 0), noisy_streams(120, 1), SETTINGS, FPS, 0.95)
+    figure = stream_rules_plot({"chosen": policy.test} | policy.compared, "5s")
+    trade, cdf = figure.axes
+    assert len(cdf.get_lines()) == 3 and len(trade.containers) == 3  # three rules, each with both intervals
+    assert len(policy.test["seconds_to_block"]) == policy.test["event_streams"] == 60
