@@ -113,11 +113,11 @@ class ContentStreamPolicy:
         return asdict(self)
 
 
-def certified_recall(streams: list[ScoredStream], k: int, n: int, fps: float, deadline_s: float, confidence: float):
-    """(lower bound, hits, event streams): one-sided Clopper-Pearson on recall within the deadline."""
-    decided = [d for d in decisions_of(streams, k, n) if d.event is not None]
-    hits = sum(d.seconds_to_block(fps) <= deadline_s for d in decided)
-    return 1.0 - float(upper_bound(len(decided) - hits, len(decided), confidence)), hits, len(decided)
+def certified_recall(decided: list[StreamDecisions], fps: float, deadline_s: float, confidence: float) -> float:
+    """One-sided Clopper-Pearson lower bound on the share of event streams blocked within the deadline."""
+    events = [d for d in decided if d.event is not None]
+    hits = sum(d.seconds_to_block(fps) <= deadline_s for d in events)
+    return 1.0 - float(upper_bound(len(events) - hits, len(events), confidence))
 
 
 def choose_content_policy(
@@ -140,15 +140,15 @@ def choose_content_policy(
         )
     deadlines = sorted({*map(float, settings.report_deadlines_s), deadline})
     candidates = [(k, n) for n in range(1, int(settings.max_window) + 1) for k in range(1, n + 1)]
-    ranked = []
+    bounds, ranked = {}, []
     for k, n in candidates:
-        bound, _, _ = certified_recall(calib, k, n, fps, deadline, confidence)
-        if bound >= target:
-            rate = interruptions_per_hour(decisions_of(calib, k, n), fps, grace=n).value
-            ranked.append((rate, -bound, n, k))
+        decided = decisions_of(calib, k, n)
+        bounds[k, n] = certified_recall(decided, fps, deadline, confidence)
+        if bounds[k, n] >= target:
+            ranked.append((interruptions_per_hour(decided, fps, grace=n).value, -bounds[k, n], n, k))
     if not ranked:
-        best = max(candidates, key=lambda kn: certified_recall(calib, *kn, fps, deadline, confidence)[0])
-        bound = certified_recall(calib, *best, fps, deadline, confidence)[0]
+        best = max(bounds, key=bounds.get)
+        bound = bounds[best]
         raise WorkbenchError(
             f"No k-of-n policy (n up to {settings.max_window}) certifies recall within {deadline:g} s of at least "
             f"{target:g} on the calib streams: the best, k={best[0]} of n={best[1]}, reaches a lower bound of "
@@ -156,7 +156,6 @@ def choose_content_policy(
             "operating point, a longer deadline, or a lower calibration.streams.content.min_deadline_recall."
         )
     _, _, n, k = min(ranked)
-    bound, _, _ = certified_recall(calib, k, n, fps, deadline, confidence)
     return ContentStreamPolicy(
         k=k,
         n=n,
@@ -165,7 +164,7 @@ def choose_content_policy(
         deadline_s=deadline,
         min_deadline_recall=target,
         confidence=confidence,
-        recall_lower_bound=bound,
+        recall_lower_bound=bounds[k, n],
         calib_event_streams=events,
         calib_streams=len(calib),
         candidates=len(candidates),

@@ -60,6 +60,17 @@ def _render_chunk(generator, manifest: pd.DataFrame, indices: list[int]) -> np.n
     return np.stack([generator.render(manifest.iloc[i], i) for i in indices])
 
 
+def _rendered(generator, manifest: pd.DataFrame, chunks: list[list[int]], workers: int) -> Iterator[np.ndarray]:
+    """Each chunk's images in order: in this process for one worker (a pool's start-up, which imports torch in
+    the forkserver, costs more than a small render), else from a pool of `workers`."""
+    if workers <= 1:
+        yield from (_render_chunk(generator, manifest, chunk) for chunk in chunks)
+        return
+    with worker_pool(workers) as pool:
+        futures = [pool.submit(_render_chunk, generator, manifest, chunk) for chunk in chunks]
+        yield from (future.result() for future in futures)
+
+
 def materialise(
     generator,
     cache_root: str | Path,
@@ -83,11 +94,10 @@ def materialise(
             staging / "images.npy", mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)
         )
         chunks = [list(range(i, min(i + 256, len(manifest)))) for i in range(0, len(manifest), 256)]
-        with Progress() as progress, worker_pool(workers) as pool:
+        with Progress() as progress:
             task = progress.add_task(f"Rendering {generator.name}", total=len(manifest))
-            futures = [pool.submit(_render_chunk, generator, manifest, chunk) for chunk in chunks]
-            for chunk, future in zip(chunks, futures, strict=True):
-                images[chunk[0] : chunk[-1] + 1] = future.result()
+            for chunk, rendered in zip(chunks, _rendered(generator, manifest, chunks, workers), strict=True):
+                images[chunk[0] : chunk[-1] + 1] = rendered
                 progress.advance(task, len(chunk))
         images.flush()
         manifest["sha256"] = [hashlib.sha256(image.tobytes()).hexdigest() for image in images]

@@ -24,6 +24,7 @@ from calibration.streams import (
     BASELINES,
     ContentStreamPolicy,
     certified_recall,
+    decisions_of,
     frame_votes,
     policy_figures,
     scored_streams,
@@ -56,7 +57,8 @@ def stream_bundle(tmp_path_factory):
     votes = frame_votes(outputs, inputs.state, DECISION)
     assert {True, False, None} <= set(votes)  # blocks, passes and abstentions all occur
     streams = scored_streams(manifest, votes)
-    bound, _, events = certified_recall(streams["calib"], K, N, 2.0, 5.0, 0.95)
+    bound = certified_recall(decisions_of(streams["calib"], K, N), 2.0, 5.0, 0.95)
+    events = sum(s.event is not None for s in streams["calib"])
     policy = ContentStreamPolicy(
         k=K,
         n=N,

@@ -58,6 +58,18 @@ def test_cache_renders_once_and_is_reused(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
 
 
+def test_one_worker_renders_in_process_and_a_pool_renders_the_same_bytes(tmp_path, monkeypatch):
+    generator = SyntheticFaces(num_subjects=150, images_per_subject=2)  # 300 images: two chunks
+    pooled = cache.materialise(generator, tmp_path / "pool", FRACTIONS, split_seed=0, workers=2)
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("one worker renders in this process: no pool to start")
+
+    monkeypatch.setattr(cache, "worker_pool", no_pool)
+    alone = cache.materialise(generator, tmp_path / "alone", FRACTIONS, split_seed=0, workers=1)
+    assert alone.digest == pooled.digest and np.array_equal(np.asarray(alone.images), np.asarray(pooled.images))
+
+
 def test_ingest_cache_key_follows_the_crop_and_the_format_version(tmp_path, monkeypatch):
     """A cache built with another crop, resize size or ingest format (1: the old PIL crop) is never served."""
     rows = pd.DataFrame({"path": ["a.jpg"], "age": [30.0]})

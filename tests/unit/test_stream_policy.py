@@ -35,9 +35,13 @@ def noisy_streams(count: int, seed: int, event_vote: float = 0.9, false_vote: fl
     return streams
 
 
-def test_the_chosen_policy_is_certified_and_interrupts_less_than_no_smoothing():
-    calib, test = noisy_streams(120, 0), noisy_streams(120, 1)
-    policy = choose_content_policy(calib, test, SETTINGS, FPS, 0.95)
+@pytest.fixture(scope="module")
+def chosen():
+    return choose_content_policy(noisy_streams(120, 0), noisy_streams(120, 1), SETTINGS, FPS, 0.95)
+
+
+def test_the_chosen_policy_is_certified_and_interrupts_less_than_no_smoothing(chosen):
+    policy = chosen
     assert policy.recall_lower_bound >= 0.9 and policy.calib_event_streams == 60
     assert policy.k >= 2  # isolated false votes are what smoothing removes
     chosen, single = policy.test, policy.compared["no_smoothing"]
@@ -89,12 +93,12 @@ def test_streams_are_grouped_by_split_in_frame_order_with_their_events():
     assert streams["test"] == [ScoredStream("b", (False,), None)]
 
 
-def test_the_stream_policy_is_a_scorecard_row_that_fails_when_its_certificate_does_not_hold():
+def test_the_stream_policy_is_a_scorecard_row_that_fails_when_its_certificate_does_not_hold(chosen):
     from dataclasses import replace
 
     from evaluation.scorecard import scorecard
 
-    policy = choose_content_policy(noisy_streams(120, 0), noisy_streams(120, 1), SETTINGS, FPS, 0.95)
+    policy = chosen
     state = CalibrationState("content", None, "x", 0.95, stream=policy)
     (row,) = scorecard(state).to_dict("records")
     assert row["verdict"] == "PASS" and row["operating point"] == f"stream: {policy.k} of {policy.n} (recall_explicit)"
@@ -107,10 +111,10 @@ def test_the_stream_policy_is_a_scorecard_row_that_fails_when_its_certificate_do
     assert scorecard(replace(state, stream=missed))["verdict"][0] == "FAIL"
 
 
-def test_the_report_plots_each_rule_s_trade_off_and_time_to_block():
+def test_the_report_plots_each_rule_s_trade_off_and_time_to_block(chosen):
     from evaluation.report import stream_rules_plot
 
-    policy = choose_content_policy(noisy_streams(120, 0), noisy_streams(120, 1), SETTINGS, FPS, 0.95)
+    policy = chosen
     figure = stream_rules_plot({"chosen": policy.test} | policy.compared, "5s")
     trade, cdf = figure.axes
     assert len(cdf.get_lines()) == 3 and len(trade.containers) == 3  # three rules, each with both intervals
