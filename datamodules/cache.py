@@ -30,7 +30,7 @@ CACHE_FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class CachedDataset:
     directory: Path
-    images: np.ndarray
+    images: np.ndarray  # or datamodules.shards.ShardedImages: indexed by row alike
     manifest: pd.DataFrame
     digest: str
 
@@ -54,6 +54,11 @@ def cache_key(generator, split_fractions: dict[str, float], split_seed: int) -> 
         "format": CACHE_FORMAT_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_directory(generator, cache_root: str | Path, split_fractions: dict[str, float], split_seed: int) -> Path:
+    """Where this exact config's render lives; its name is also what a sharded copy of it is known by."""
+    return Path(cache_root) / f"{generator.name}-{cache_key(generator, split_fractions, split_seed)}"
 
 
 def _render_chunk(generator, manifest: pd.DataFrame, indices: list[int]) -> np.ndarray:
@@ -83,7 +88,7 @@ def materialise(
 
     `assign_splits` adds the `split` column: by subject for images, by whole stream for streams.
     """
-    directory = Path(cache_root) / f"{generator.name}-{cache_key(generator, split_fractions, split_seed)}"
+    directory = cache_directory(generator, cache_root, split_fractions, split_seed)
     if (directory / "manifest.parquet").exists():
         return CachedDataset.load(directory)
 

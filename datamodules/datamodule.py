@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from core.errors import WorkbenchError
 from datamodules.augment import Augmentation, AugmentedBatches
-from datamodules.cache import CachedDataset, materialise
+from datamodules.cache import CachedDataset, cache_directory, materialise
 from datamodules.preview import save_preview
 from datamodules.resumable import SAMPLERS, ResumableLoader, ResumableShuffle, balanced_weights
 from models.resize import Framing
@@ -102,8 +102,11 @@ class CachedDataModule(L.LightningDataModule):
         input_size: int | None = None,
         augment: Augmentation | None = None,
         slice_attributes: tuple[str, ...] = (),
+        store: str | None = None,
+        store_cache_bytes: int = 8 * 2**30,
     ):
         super().__init__()
+        self.store, self.store_cache_bytes = store, store_cache_bytes  # sharded cache source (datamodules/shards.py)
         self.slice_attributes = list(slice_attributes)  # the columns evaluate and the contract slice by
         self.input_size = input_size
         self.augment = augment
@@ -123,6 +126,11 @@ class CachedDataModule(L.LightningDataModule):
 
     def build(self) -> CachedDataset:
         raise NotImplementedError
+
+    @property
+    def store_name(self) -> str:
+        """The cache folder name the shards at `data.store` must carry; a `<dataset>-` prefix where no more is known."""
+        return f"{self.dataset_name}-"
 
     @property
     def cache_size(self) -> int:
@@ -149,8 +157,14 @@ class CachedDataModule(L.LightningDataModule):
             ) from error
 
     def load(self) -> CachedDataset:
-        if self.cached is None:
+        """The memory-mapped cache, built if need be; or, with `data.store`, its sharded copy read from there."""
+        if self.cached is None and self.store is None:
             self.cached = self.build()
+        elif self.cached is None:
+            from datamodules.shards import open_sharded
+
+            shards = Path(self.cache_dir) / "shards"
+            self.cached = open_sharded(self.store, shards, self.store_cache_bytes, self.store_name)
         return self.cached
 
     def prepare_data(self) -> None:
@@ -323,6 +337,10 @@ class SyntheticDataModule(CachedDataModule):
 
     def build(self) -> CachedDataset:
         return materialise(self.generator, self.cache_dir, self.split_fractions, self.split_seed, self.render_workers)
+
+    @property
+    def store_name(self) -> str:
+        return cache_directory(self.generator, self.cache_dir, self.split_fractions, self.split_seed).name
 
     def data_metrics(self) -> dict[str, float]:
         return self.generator.data_metrics()

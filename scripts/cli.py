@@ -30,6 +30,7 @@ STAGES = {
         "release signing keys: childsafe keys new --out DIR (Ed25519; the private key never enters the repo)",
     ),
     "sync": ("scripts.sync", "deliver what runs spooled while the MLflow server was away"),
+    "shard": ("scripts.shard", "write a cache to data.store (a folder or s3://bucket/prefix) as checked shards"),
     "bench": ("scripts.bench", "training throughput vs a plain PyTorch loop, loader, rendering, MFU, ORT vs eager"),
     "pipeline": (
         "scripts.pipeline",
