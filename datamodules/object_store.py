@@ -119,6 +119,7 @@ class S3Store:
     @contextmanager
     def explained(self, name: str):
         """boto3's errors, said as what is wrong with which object and how to fix it."""
+        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
         where = f"{self.url}/{name}".rstrip("/")
@@ -152,8 +153,11 @@ class S3Store:
                     "AWS_SECRET_ACCESS_KEY (or the AWS_PROFILE profile) and the bucket's policy."
                 ) from error
             raise WorkbenchError(f"S3 request for {where} at {endpoint} failed: {error}") from error
-        except BotoCoreError as error:
-            raise WorkbenchError(f"S3 request for {where} at {endpoint} failed: {error}") from error
+        except (BotoCoreError, S3TransferFailedError, S3UploadFailedError) as error:
+            raise WorkbenchError(
+                f"S3 transfer of {where} at {endpoint} failed: {error}. Check the server (a full or read-only store "
+                "refuses writes) and run the command again: an unfinished write leaves no index, so nothing is read."
+            ) from error
 
 
 def open_store(url: str) -> Store:
@@ -193,6 +197,7 @@ def fetch_checked(store: Store, name: str, size: int, sha256: str, local: Path) 
                 f"Refusing shard {store.url}/{name}: its sha256 does not match the shard index (corrupted in the "
                 "store or in transit). Write the shards again (childsafe shard ...)."
             )
+        partial.chmod(0o644)  # mkstemp makes it private; the cache is meant to be shared
         os.replace(partial, local)
     finally:
         partial.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ FORMAT = "childsafe-shards"
 FORMAT_VERSION = 1
 IMAGES = "images.npy"  # the one file of a cache folder that is sharded rather than copied
 SHARD_BYTES = 256 * 2**20
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,14 @@ def open_sharded(url: str, cache_root: Path, cache_bytes: int, expected_name: st
     for entry in index.files:
         if not (local / entry.name).is_file():
             fetch_checked(store, entry.name, entry.bytes, entry.sha256, local / entry.name)
+    total = sum(e.bytes for e in index.shards)
+    if cache_bytes < total:
+        log.warning(
+            "data.store_cache_bytes=%d holds less than the %d bytes of shards at %s: the training draw is a global "
+            "shuffle, so shards will be fetched again within every epoch, about 10x slower than training on this "
+            "machine (docs/data-formats.md). Raise data.store_cache_bytes to at least %d if the disk allows.",
+            cache_bytes, total, url, total,
+        )  # fmt: skip
     manifest = pd.read_parquet(local / "manifest.parquet")
     images = ShardedImages(index, LocalCache(store, local / "shards", cache_bytes))
     return CachedDataset(local, images, manifest, manifest_digest(manifest))

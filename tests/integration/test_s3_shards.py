@@ -64,7 +64,7 @@ class SeaweedS3:
         command = [
             str(WEED), "server", f"-dir={self.root / 'data'}", "-s3", "-ip=127.0.0.1",
             f"-s3.config={self.root / 's3.json'}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-master.volumeSizeLimitMB=64", *(f"-{name}={port}" for name, port in self.ports.items()),
+            "-master.volumeSizeLimitMB=256", "-volume.max=0", *(f"-{name}={port}" for name, port in self.ports.items()),
         ]  # fmt: skip
         with (self.root / "weed.log").open("w") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)

@@ -119,9 +119,10 @@ def test_an_interrupted_write_leaves_no_index(cache_folder, tmp_path, monkeypatc
     assert INDEX not in store.sizes() and not list(store.root.glob(".*partial"))
 
 
-def test_a_cache_too_small_for_one_shard_or_other_data_is_refused(cache_folder, tmp_path):
+def test_a_cache_too_small_for_one_shard_or_other_data_is_refused(cache_folder, tmp_path, caplog):
     store = _written(cache_folder, tmp_path)
     cached = open_sharded(store.url, tmp_path / "local", 100, "toy-")
+    assert "shards will be fetched again within every epoch" in caplog.text  # a cache below the data is slow
     with pytest.raises(WorkbenchError, match=r"shard-00000\.npy is .* more than .*raise data\.store_cache_bytes"):
         cached.images[[0]]
     with pytest.raises(WorkbenchError, match=r"holds the shards of 'toy-0123456789abcdef', but this config's data is"):
