@@ -1,10 +1,11 @@
 """Where shards live (a folder or `s3://bucket/prefix`) and the bounded local cache they are read through.
 
-A store only moves whole files: `put` (atomic per object: a rename in a folder, one PUT on S3), `get` into a
-local path, and `sizes` (one listing). Everything S3 is boto3 with its own credential chain (environment,
-`AWS_PROFILE`, instance role) and endpoint (`AWS_ENDPOINT_URL`, or the profile's `endpoint_url`), so a
-SeaweedFS or MinIO server needs no setting of ours. Its failures are turned into messages that say which
-object and what to change; a store is never half-written because each object appears whole or not at all.
+A store only moves whole files: `put` (atomic per object: a rename in a folder; on S3 one PUT, or a multipart
+upload, which appears only once complete), `get` into a local path, and `sizes` (one listing). Everything S3 is
+boto3 with its own credential chain (environment, `AWS_PROFILE`, instance role) and endpoint (`AWS_ENDPOINT_URL`,
+or the profile's `endpoint_url`), so a SeaweedFS or MinIO server needs no setting of ours. Its failures are turned
+into messages that say which object and what to change; a store is never half-written because each object
+appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -172,9 +173,13 @@ def open_store(url: str) -> Store:
     return FolderStore(Path(url).expanduser())
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: Path, chunk: int = 2**22) -> str:
+    """Read in chunks, not whole: a shard is hundreds of MB (hashlib.file_digest would need Python 3.11)."""
+    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch_checked(store: Store, name: str, size: int, sha256: str, local: Path) -> None:
