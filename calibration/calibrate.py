@@ -15,11 +15,12 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from calibration.age_streams import age_stream_metrics, measure_age_streams
+from calibration.age_streams import age_policy_metrics, age_stream_metrics, fit_age_policy, measure_age_streams
 from calibration.fit import calibrate_age, calibrate_content
 from calibration.ood import OODCalibration
 from calibration.state import CalibrationState
 from calibration.streams import choose_content_policy, frame_votes, policy_metrics, scored_streams
+from core.errors import WorkbenchError
 from core.hydra_app import show_metrics
 from datamodules.cache import materialise
 from datamodules.synthetic.streams import (
@@ -94,8 +95,11 @@ def fit_streams(cfg: DictConfig, trained, model, state: CalibrationState) -> Cal
             streams.frames_per_stream,
             float(cfg.calibration.age.max_minor_pass_rate),
         )
-        reason = "age streams are measured (stream.age), but no age stream policy is certified yet"
-        return replace(state, age_stream=figures, stream_reason=reason)
+        try:
+            policy = fit_age_policy(dataset.manifest, outputs, state, settings.age, streams.frame_rate_hz)
+        except WorkbenchError as refusal:  # too few calib minors: the runtime keeps the per-frame k-of-n
+            return replace(state, age_stream=figures, stream_reason=str(refusal))
+        return replace(state, age_stream=figures, age_policy=policy)
     content = settings.content
     scored = scored_streams(dataset.manifest, frame_votes(outputs, state, str(content.decision)))
     policy = choose_content_policy(scored["calib"], scored["test"], content, streams.frame_rate_hz, state.confidence)
@@ -133,6 +137,8 @@ def calibrate(cfg: DictConfig) -> dict[str, float]:
             result.metrics |= policy_metrics(state.stream)
         if state.age_stream is not None:
             result.metrics |= age_stream_metrics(state.age_stream)
+        if state.age_policy is not None:
+            result.metrics |= age_policy_metrics(state.age_policy)
         result.metrics |= {
             f"{split}/{trained.task}/ood_abstention_rate": getattr(state.ood, f"{split}_abstention_rate")
             for split in ("calib", "test")

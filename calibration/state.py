@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from calibration.age import AgeCalibration, ConformalIntervals, GateCalibration
-from calibration.age_streams import AgeStreamFigures
+from calibration.age_streams import AgeStreamFigures, AgeStreamPolicy
 from calibration.content import ContentCalibration
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
@@ -33,6 +33,7 @@ class CalibrationState:
     max_false_alarm_rate: float = 0.5  # the ceiling above which a point was marked degenerate
     stream: ContentStreamPolicy | None = None  # the certified stream policy (calibration/streams.py)
     age_stream: AgeStreamFigures | None = None  # per-stream age figures (calibration/age_streams.py)
+    age_policy: AgeStreamPolicy | None = None  # the certified per-stream age policy (calibration/age_streams.py)
     stream_reason: str = ""  # why there is no certified stream policy, in words for the contract and model card
     schema_version: int = SCHEMA_VERSION
 
@@ -75,6 +76,8 @@ class CalibrationState:
             data["stream"] = ContentStreamPolicy(**data["stream"])
         if data.get("age_stream"):
             data["age_stream"] = AgeStreamFigures(**data["age_stream"])
+        if data.get("age_policy"):
+            data["age_policy"] = AgeStreamPolicy(**data["age_policy"])
         if data.get("age"):
             age = data["age"]
             age["gates"] = [GateCalibration(**g) for g in age["gates"]]

@@ -36,6 +36,7 @@ PLACEHOLDERS = {
     "seconds": r"\d+(?:\.\d+)?",
     "policy": r"(?:|/k3_of_5|/no_smoothing)",  # the chosen stream policy, or a fixed rule it is compared with
     "seen": r"(?:frame|frames\d+)",  # one frame, or a whole stream of that many frames
+    "rate": r"(?:minor_pass_rate|adult_false_rejection)",
 }
 
 
@@ -169,6 +170,27 @@ GLOSSARY: tuple[Entry, ...] = (
         CALIBRATE,
         "Fewest frames whose per-stream minor pass rate (at the matched false rejection) is at most "
         "calibration.age.max_minor_pass_rate; logged only when some stream length reaches it.",
+    ),
+    Entry(
+        "calib/age/stream_policy/n",
+        "frames",
+        CALIBRATE,
+        "The certified age stream policy's window: the mean logit P(age < T) over a stream's last n decided frames; "
+        "a stream is held under every gate until n frames are decided.",
+    ),
+    Entry(
+        "calib/age/stream_policy/gate{gate}/pass_rate_upper_bound",
+        "share of people (0-1)",
+        CALIBRATE,
+        "One-sided Clopper-Pearson upper bound on the share of calib people under the gate whose stream passed "
+        "at any window; certified at most calibration.streams.age.max_minor_pass_rate.",
+    ),
+    Entry(
+        "test/age/stream_policy/gate{gate}/{rate}",
+        "share of people (0-1)",
+        CALIBRATE,
+        "The runtime's age stream policy on test streams: people under the gate whose stream passed at any window "
+        "(minor_pass_rate), or people at or over it still held under it on the last frame (adult_false_rejection).",
     ),
     Entry(
         "{split}/content/stream{policy}/time_to_block_p{pct}_s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from calibration.age_streams import AgeStreamPolicy
 from calibration.operating_points import OperatingPoint
 from calibration.state import CalibrationState
 from calibration.streams import ContentStreamPolicy
@@ -31,17 +32,21 @@ def _near_gate(point: OperatingPoint) -> str:
     return "; ".join(f"age {y['age']}: {y['hits']}/{y['units']} ({_pct(y['rate'])})" for y in years) or "-"
 
 
-def _verdict(point: OperatingPoint) -> tuple[str, str]:
-    target, test_rate = point.target_max_miss_rate, point.test.get("miss_rate")
-    if point.miss_rate_upper_bound > target:
-        return FAIL, f"calib bound {_pct(point.miss_rate_upper_bound)} exceeds the target {_pct(target)}"
-    if point.degenerate:
-        return FAIL, f"degenerate: flags {_pct(point.false_alarm_rate)} of calib negatives"
+def _judged(bound: float, target: float, test_rate: float | None, certified_on: str) -> tuple[str, str]:
+    """The verdict every row shares: the calib bound within the target, then the test rate within it too."""
+    if bound > target:
+        return FAIL, f"calib bound {_pct(bound)} exceeds the target {_pct(target)}"
     if test_rate is None:
         return FAIL, "not measured on test"
     if test_rate > target:
         return FAIL, f"test miss rate {_pct(test_rate)} exceeds the target {_pct(target)}"
-    return PASS, "certified on calib and within the target on test"
+    return PASS, f"certified on {certified_on} and within the target on test"
+
+
+def _verdict(point: OperatingPoint) -> tuple[str, str]:
+    if point.degenerate and point.miss_rate_upper_bound <= point.target_max_miss_rate:
+        return FAIL, f"degenerate: flags {_pct(point.false_alarm_rate)} of calib negatives"
+    return _judged(point.miss_rate_upper_bound, point.target_max_miss_rate, point.test.get("miss_rate"), "calib")
 
 
 def _stream_row(policy: ContentStreamPolicy) -> dict[str, str]:
@@ -56,14 +61,7 @@ def _stream_row(policy: ContentStreamPolicy) -> dict[str, str]:
     interruptions = (
         "n/a" if rate["value"] is None else f"{rate['value']:.2f} [{rate['ci_low']:.2f}, {rate['ci_high']:.2f}]"
     )
-    if bound > target:
-        verdict, why = FAIL, f"calib bound {_pct(bound)} exceeds the target {_pct(target)}"
-    elif missed is None:
-        verdict, why = FAIL, "not measured on test"
-    elif missed > target:
-        verdict, why = FAIL, f"test miss rate {_pct(missed)} exceeds the target {_pct(target)}"
-    else:
-        verdict, why = PASS, "certified on calib streams and within the target on test"
+    verdict, why = _judged(bound, target, missed, "calib streams")
     return {
         "operating point": f"stream: {policy.k} of {policy.n} ({policy.decision})",
         "protects": f"streams with an explicit event, blocked within {policy.deadline_s:g} s",
@@ -74,6 +72,38 @@ def _stream_row(policy: ContentStreamPolicy) -> dict[str, str]:
         "verdict": verdict,
         "why": why,
     }
+
+
+def _estimate(rate: dict) -> str:
+    if rate["value"] is None:
+        return "n/a"
+    return f"{_pct(rate['value'])} [{_pct(rate['ci_low'])}, {_pct(rate['ci_high'])}]"
+
+
+def _age_stream_rows(policy: AgeStreamPolicy) -> list[dict[str, str]]:
+    """Per gate, the certified age stream policy: minors whose stream passed at any window, against the target."""
+    rows = []
+    for gate in policy.gates:
+        certificate, test = gate["certificate"], gate["test"]
+        verdict, why = _judged(
+            certificate["pass_rate_upper_bound"],
+            policy.max_minor_pass_rate,
+            test["minor_pass_rate"]["value"],
+            "calib streams",
+        )
+        rows.append(
+            {
+                "operating point": f"stream: {gate['column']}, mean logit over {policy.n} frames",
+                "protects": f"people under {gate['gate']:g}, over a whole stream",
+                "target: max miss rate": _pct(policy.max_minor_pass_rate),
+                f"calib bound ({policy.confidence:.0%} confidence)": _pct(certificate["pass_rate_upper_bound"]),
+                "test miss rate per person [95% CI]": _estimate(test["minor_pass_rate"]),
+                "test adult false rejection per stream [95% CI]": _estimate(test["adult_false_rejection"]),
+                "verdict": verdict,
+                "why": why,
+            }
+        )
+    return rows
 
 
 def scorecard(state: CalibrationState) -> pd.DataFrame:
@@ -103,6 +133,8 @@ def scorecard(state: CalibrationState) -> pd.DataFrame:
         )
     if state.stream is not None:
         rows.append(_stream_row(state.stream))
+    if state.age_policy is not None:
+        rows += _age_stream_rows(state.age_policy)
     return pd.DataFrame(rows)
 
 

@@ -19,6 +19,7 @@ from childsafe_runtime.frames import IMAGE_SUFFIXES, SizeLimits
 from childsafe_runtime.signing import signing_record
 from jsonschema import Draft202012Validator
 
+from calibration.age_streams import AgeStreamPolicy
 from calibration.operating_points import COMPARISON
 from calibration.state import CalibrationState
 from core.errors import WorkbenchError
@@ -311,7 +312,19 @@ def _abstention(state: CalibrationState, face_crop: CropConvention | None) -> di
 
 
 def shipped_smoothing(state: CalibrationState, configured: dict[str, Any]) -> dict[str, Any]:
-    """The k-of-n the runtime applies: the certified stream policy's where calibrate chose one, else the config's."""
+    """What the runtime applies per stream: the certified stream policy where calibrate chose one, else the config's
+    k-of-n. A certified age policy is the mean-logit window (`MeanLogitWindow`), not a k-of-n."""
+    if state.age_policy is not None:
+        policy = state.age_policy
+        return {
+            "method": "mean_logit",
+            "n": policy.n,
+            "thresholds_logit": policy.thresholds,
+            "inputs": {gate["column"]: f"P(age < {gate['gate']:g})" for gate in policy.gates},
+            "frame_rate_hz": policy.frame_rate_hz,
+            "no_face_seconds": configured["no_face_seconds"],
+            "source": "the certified age stream policy (see stream)",
+        }
     if state.stream is None:
         return configured | {"source": "export.smoothing: a fixed setting, not chosen by a measurement"}
     policy = state.stream
@@ -330,15 +343,19 @@ def _stream(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any
         "frame_rate_hz": smoothing["frame_rate_hz"],
         "frame_rate_rule": "the policy counts frames: it assumes frames sampled at frame_rate_hz; a consumer reading "
         "a video at another rate samples it down to this rate (or warns that it cannot)",
-        "policy": {"method": "k_of_n", "k": smoothing["k"], "n": smoothing["n"], "applied_as": "runtime.smoothing"},
+        "policy": {"method": "k_of_n", "k": smoothing["k"], "n": smoothing["n"], "applied_as": "runtime.smoothing"}
+        if smoothing["method"] == "k_of_n"
+        else {"method": smoothing["method"], "n": smoothing["n"], "applied_as": "runtime.smoothing"},
     }
     if state.age_stream is not None:
         section["age"] = state.age_stream.to_dict() | {
             "applied_by_runtime": False,
             "meaning": "a measurement of what judging a person over a stream buys: per gate, test minor pass rate "
             "and adult false rejection after m frames, at the threshold matching the per-frame operating point's "
-            "calib adult false rejection; the runtime applies runtime.smoothing, not this aggregation",
+            "calib adult false rejection; the runtime applies runtime.smoothing (see policy), not this measurement",
         }
+    if state.age_policy is not None:
+        return section | _age_policy(state.age_policy)
     if policy is None:
         return section | {"certified": False, "reason": state.stream_reason or "no stream policy was fitted"}
     return section | {
@@ -369,18 +386,65 @@ def _stream(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any
     }
 
 
+def _age_policy(policy: AgeStreamPolicy) -> dict[str, Any]:
+    """The certified age stream policy's part of the stream section: the rule, each gate's certificate, figures."""
+    return {
+        "certified": True,
+        "policy": {
+            "method": "mean_logit",
+            "n": policy.n,
+            "applied_as": "runtime.smoothing",
+            "chosen_by": f"fewest calib adults still held under a gate on their last frame, averaged over the gates, "
+            f"among the {policy.candidates} windows 1 <= n <= {policy.candidates} whose thresholds certify every gate",
+            "start": "fails closed: every gate blocks until n frames of the stream have been decided",
+        },
+        "certificate": {
+            "max_minor_pass_rate": policy.max_minor_pass_rate,
+            "confidence": policy.confidence,
+            "method": "one-sided Clopper-Pearson over calib people (one stream each): a person under the gate counts "
+            "as passed when any window of their stream passed",
+            "unit": "people",
+            "streams": policy.calib_streams,
+            "frames_per_stream": policy.frames_per_stream,
+            "covers": f"the first {policy.frames_per_stream} decided frames of a stream; later windows are the same "
+            "rule on a stationary stream, but each is one more chance to pass",
+        },
+        "gates": policy.gates,
+        "test_streams": policy.test_streams,
+    }
+
+
+def _smoothing_rule(smoothing: dict[str, Any]) -> dict[str, Any]:
+    """The runtime.smoothing fields that say, in words, how the shipped policy decides and starts."""
+    n = smoothing["n"]
+    if smoothing["method"] == "mean_logit":
+        return {
+            "n": n,
+            "thresholds_logit": smoothing["thresholds_logit"],
+            "inputs": smoothing["inputs"],
+            "rule": f"a stream blocks on a gate column while the mean of logit(clip(p, 1e-6, 1 - 1e-6)) over its last "
+            f"n={n} decided frames is >= that column's thresholds_logit, p being the frame's inputs[column] output "
+            "(the youngest decided face's: the largest)",
+            "warm_up": f"until n={n} frames have been decided, the stream blocks on every column (fails closed)",
+        }
+    k = smoothing["k"]
+    return {
+        "k": k,
+        "n": n,
+        "rule": f"a stream blocks on a decision column when at least k={k} of its last n={n} decided frames "
+        "blocked on it",
+        "warm_up": "until n frames have been seen, a stream blocks when at least max(1, k - (n - seen)) of the "
+        "seen frames blocked: its first frame decides alone",
+    }
+
+
 def _runtime(state: CalibrationState, smoothing: dict[str, Any]) -> dict[str, Any]:
-    k, n = smoothing["k"], smoothing["n"]
+    n = smoothing["n"]
     section: dict[str, Any] = {
         "smoothing": {
             "method": smoothing["method"],
-            "k": k,
-            "n": n,
+            **_smoothing_rule(smoothing),
             "source": smoothing["source"],
-            "rule": f"a stream blocks on a decision column when at least k={k} of its last n={n} decided frames "
-            "blocked on it",
-            "warm_up": "until n frames have been seen, a stream blocks when at least max(1, k - (n - seen)) of the "
-            "seen frames blocked: its first frame decides alone",
             "authoritative": "smoothed",
             "frame_rate_hz": smoothing["frame_rate_hz"],
             "frame_rate_note": f"chosen for frames sampled at {smoothing['frame_rate_hz']:g} per second "

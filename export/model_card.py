@@ -94,6 +94,8 @@ def _stream_lines(stream: dict[str, Any]) -> list[str]:
     """The stream policy and what it buys, in words: time to block, interruptions, against the fixed rules."""
     policy = stream["policy"]
     rate = stream["frame_rate_hz"]
+    if policy["method"] == "mean_logit":
+        return _age_policy_lines(stream) + (_age_stream_lines(stream["age"]) if "age" in stream else [])
     rule = f"a stream blocks when {policy['k']} of its last {policy['n']} frames block, at {rate:g} frames a second"
     if not stream["certified"]:
         lines = ["", "## Live streams", f"- Smoothing: {rule}. Not certified: {stream['reason']}."]
@@ -122,12 +124,39 @@ def _stream_lines(stream: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _age_policy_lines(stream: dict[str, Any]) -> list[str]:
+    """The certified age stream policy in words: the rule, its start, and per gate what it certifies and costs."""
+    n, rate, certificate = stream["policy"]["n"], stream["frame_rate_hz"], stream["certificate"]
+    lines = [
+        "",
+        "## Live streams",
+        f"- Policy: a user is judged on the mean of logit P(age < gate) over their last {n} decided frames "
+        f"({n / rate:g} s at {rate:g} frames a second); until {n} frames are decided, every gate holds them as under "
+        "it.",
+        f"- Guarantee (calib, {certificate['streams']} streams of one person each): at each gate, at most "
+        f"{certificate['max_minor_pass_rate']:g} of people under it pass at any moment of their first "
+        f"{certificate['frames_per_stream']} frames, at {certificate['confidence']:g} confidence.",
+        "",
+        "| gate | calib bound on minors passing | minors passing, test (95% CI) | adults held under it, test "
+        "| minors passing, one frame at a time, test |",
+        "|---|---|---|---|---|",
+    ]
+    for gate in stream["gates"]:
+        test = gate["test"]
+        lines.append(
+            f"| {gate['gate']:g} | {gate['certificate']['pass_rate_upper_bound']:.4f} | {_ci(test['minor_pass_rate'])} "
+            f"| {_ci(test['adult_false_rejection'])} | {_ci(gate['per_frame']['minor_pass_rate'])} |"
+        )
+    return lines
+
+
 def _age_stream_lines(age: dict[str, Any]) -> list[str]:
     """Per gate: one frame against the whole stream, at the same adult false rejection, in words and a table."""
     lines = [
         f"- Judging a person over a stream (measured on {age['test_streams']} test streams of "
         f"{age['frames_per_stream']} frames at {age['frame_rate_hz']:g} per second; the {age['aggregation']}; the "
-        "runtime does not apply this yet): the threshold after m frames matches the per-frame operating point's "
+        "runtime applies runtime.smoothing, not this measurement): the threshold after m frames matches the "
+        "per-frame operating point's "
         "adult false rejection on calib.",
         "",
         "| gate | minor pass rate, one frame (95% CI) | minor pass rate, whole stream (95% CI) "

@@ -26,7 +26,14 @@ from childsafe_runtime.crop import BoxError, CropConvention, check_box, crop_fac
 from childsafe_runtime.detector import Detector, DetectorError
 from childsafe_runtime.frames import Frame, SizeLimits, Unreadable, read_inputs
 from childsafe_runtime.integrity import METADATA_KEY, MODEL_FILE, BundleError, read_contract, verify_bundle
-from childsafe_runtime.smoothing import KOfNSmoother, NoFaceClock, StreamClock, VideoSampler, rate_warning
+from childsafe_runtime.smoothing import (
+    KOfNSmoother,
+    MeanLogitWindow,
+    NoFaceClock,
+    StreamClock,
+    VideoSampler,
+    rate_warning,
+)
 
 if TYPE_CHECKING:
     from childsafe_runtime.signing import PublicKeySource
@@ -228,11 +235,25 @@ class BadBox(Exception):
         self.line = line
 
 
+def _youngest(result: dict[str, Any], inputs: dict[str, str]) -> dict[str, float] | None:
+    """Per gate column, the largest P(age < T) over the frame's decided faces; None for a frame without a decision."""
+    decided = [face["outputs"]["prob_below"] for face in result.get("faces", []) if face["decisions"] is not None]
+    if result["decisions"] is None or not decided:
+        return None
+    return {column: max(p[source] for p in decided) for column, source in inputs.items()}
+
+
 @dataclass
 class _Stream:
-    smoother: KOfNSmoother
+    smoother: KOfNSmoother | MeanLogitWindow
     clock: StreamClock
     no_face: NoFaceClock | None
+    inputs: dict[str, str] | None = None  # a mean-logit policy's P(age < T) column per decision column
+
+    def smoothed(self, result: dict[str, Any]) -> dict[str, bool] | None:
+        if self.inputs is None:
+            return self.smoother.update(result["decisions"])
+        return self.smoother.update(_youngest(result, self.inputs))
 
 
 @dataclass
@@ -359,9 +380,14 @@ class Run:
             smoothing, rate = runtime["smoothing"], self.rate_hz
             no_decision = runtime.get("no_decision")
             no_face = NoFaceClock(float(no_decision["no_face_seconds"]), rate) if self.filter_.convention else None
-            columns = tuple(point["name"] for point in self.filter_.contract["operating_points"])
-            smoother = KOfNSmoother(smoothing["k"], smoothing["n"], columns)  # blocks until a frame votes
-            self.streams[stream_id] = _Stream(smoother, StreamClock(rate), no_face)
+            if smoothing["method"] == "mean_logit":  # the certified age stream policy (contract stream.policy)
+                window = MeanLogitWindow(smoothing["n"], dict(smoothing["thresholds_logit"]))
+                stream = _Stream(window, StreamClock(rate), no_face, dict(smoothing["inputs"]))
+            else:
+                columns = tuple(point["name"] for point in self.filter_.contract["operating_points"])
+                smoother = KOfNSmoother(smoothing["k"], smoothing["n"], columns)  # blocks until a frame votes
+                stream = _Stream(smoother, StreamClock(rate), no_face)
+            self.streams[stream_id] = stream
         return self.streams[stream_id]
 
     def _frame_record(
@@ -384,7 +410,7 @@ class Run:
             "latency_ms": round(latency_ms, 3),
             **({"boxes_line": line} if line is not None else {}),
             **result,
-            "smoothed": stream.smoother.update(result["decisions"]),
+            "smoothed": stream.smoothed(result),
             "flags": flags,
         }
 

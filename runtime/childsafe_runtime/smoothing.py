@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 def required_votes(k: int, n: int, seen: int) -> int:
     """How many of the `seen` (at most n) voting frames must block for the stream to block."""
@@ -136,3 +138,45 @@ def rate_warning(source: str, video_fps: float, rate_hz: float) -> str | None:
         f"was certified at: every frame is judged, so its k-of-n window spans {rate_hz / video_fps:g}x the time "
         "it was chosen for and the stream figures in the contract do not hold for this input"
     )
+
+
+LOGIT_CLIP = 1e-6  # P(age < T) is clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit
+
+
+def clipped_logit(probabilities: np.ndarray) -> np.ndarray:
+    """logit(p) in float64, p clipped away from 0 and 1 (numpy: the runtime has no scipy)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), LOGIT_CLIP, 1 - LOGIT_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def window_score(probabilities: np.ndarray) -> np.ndarray:
+    """The mean logit over a window's frames (rows), per column: the one formula calibrate and the runtime share."""
+    return clipped_logit(probabilities).mean(axis=0)
+
+
+@dataclass
+class MeanLogitWindow:
+    """The age stream policy: per gate column, the mean of logit P(age < T) over the last n decided frames.
+
+    A stream blocks on a column while that mean is at or above the column's certified threshold, and
+    on every column until n frames have been decided: a stream fails closed until it has shown its
+    face n times. `update(None)` is a frame without a decision (no face, abstained): it leaves the
+    window as it was. Frames with several faces enter with the youngest face's (largest) P(age < T).
+    """
+
+    n: int
+    thresholds: dict[str, float]  # decision column -> threshold on the mean logit
+    history: deque = field(default_factory=deque)
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"a mean-logit window needs n >= 1, got n={self.n}")
+        self.history = deque(maxlen=self.n)
+
+    def update(self, probabilities: dict[str, float] | None) -> dict[str, bool]:
+        if probabilities is not None:
+            self.history.append([probabilities[name] for name in self.thresholds])
+        if len(self.history) < self.n:
+            return {name: True for name in self.thresholds}
+        scores = window_score(np.array(self.history))
+        return {name: bool(s >= t) for (name, t), s in zip(self.thresholds.items(), scores, strict=True)}

@@ -2,13 +2,22 @@
 
 import numpy as np
 import pandas as pd
+import pytest
+from childsafe_runtime.smoothing import MeanLogitWindow
 from scipy.special import expit
 
 from calibration.age import AgeCalibration
-from calibration.age_streams import matched_threshold, measure_age_streams, running_scores
+from calibration.age_streams import (
+    fit_age_policy,
+    matched_threshold,
+    measure_age_streams,
+    running_scores,
+    window_scores,
+)
 from calibration.ood import OODCalibration
 from calibration.operating_points import OperatingPoint
 from calibration.state import CalibrationState
+from core.errors import WorkbenchError
 
 GATE = 18.0
 
@@ -80,3 +89,60 @@ def test_the_report_plots_pass_rate_and_false_rejection_against_frames_seen():
     passes, rejections = frames_seen_plot(gates).axes
     assert [len(line.get_xdata()) for line in passes.get_lines()] == [3, 3]
     assert len(rejections.get_lines()) == 2  # a gate with nothing measurable is drawn empty, not dropped
+
+
+def _state(gate: float = GATE) -> CalibrationState:
+    point = OperatingPoint(f"gate{gate:g}", 0.3, 0.05, 0.95, 1, 0, 0.1, 0.2, 1, target="minor", gate=gate)
+    state = CalibrationState("age", None, "x", 0.95, age=AgeCalibration.identity([gate], 80), operating_points=[point])
+    state.ood = OODCalibration([0.0], [1.0], threshold=1.0, quantile=0.995, calib_size=1, calib_abstention_rate=0.0)
+    return state
+
+
+def _people(count: int, frames: int) -> tuple[pd.DataFrame, dict]:
+    calib, calib_p = noisy_people(count, frames, 0, "calib")
+    test, test_p = noisy_people(count, frames, 1, "test")
+    manifest = pd.concat([calib, test], ignore_index=True)
+    return manifest, {"prob_below": np.concatenate([calib_p, test_p])[:, None], "ood_score": np.zeros(len(manifest))}
+
+
+class Settings:
+    max_minor_pass_rate = 0.05
+    max_window = 6
+
+
+def test_window_scores_are_the_runtime_windows_and_block_until_n_frames_are_decided():
+    probabilities = np.array([[0.2], [0.9], [0.6], [0.3]])
+    decided = np.array([True, False, True, True])
+    scores = window_scores(probabilities, decided, 2)
+    assert np.isinf(scores[:2, 0]).all()  # one decided frame so far: blocked
+    window = MeanLogitWindow(2, {"gate18": 0.0})
+    replayed = [
+        window.update({"gate18": float(p[0])} if d else None) for p, d in zip(probabilities, decided, strict=True)
+    ]
+    assert [r["gate18"] for r in replayed] == [bool(s >= 0.0) for s in scores[:, 0]]
+    assert np.isclose(scores[2, 0], np.mean(np.log([0.2 / 0.8, 0.6 / 0.4])))
+
+
+def test_the_age_policy_certifies_every_gate_per_person_and_holds_on_test():
+    manifest, outputs = _people(400, 8)
+    policy = fit_age_policy(manifest, outputs, _state(), Settings, 2.0)
+    (gate,) = policy.gates
+    assert 1 <= policy.n <= 6 and policy.candidates == 6 and gate["column"] == "gate18"
+    certificate = gate["certificate"]
+    assert certificate["pass_rate_upper_bound"] <= 0.05 and certificate["minor_people"] > 59
+    # The certified bound holds on test streams within sampling error, and the stream beats one frame at a time.
+    assert gate["test"]["minor_pass_rate"]["ci_low"] <= 0.05
+    assert gate["test"]["minor_pass_rate"]["value"] <= gate["per_frame"]["minor_pass_rate"]["value"]
+    # Recount on calib: a minor passes when any window of their stream passes.
+    calib = manifest[manifest["split"] == "calib"]
+    passed = 0
+    for _, rows in calib[calib["age"] < GATE].groupby("stream_id"):
+        p = outputs["prob_below"][rows.sort_values("frame_index").index.to_numpy()]
+        passed += bool((window_scores(p, np.ones(len(p), bool), policy.n)[:, 0] < gate["threshold_logit"]).any())
+    assert passed == certificate["passed"]
+
+
+def test_too_few_minor_streams_is_refused_with_the_number_a_certificate_needs():
+    manifest, outputs = _people(40, 4)
+    with pytest.raises(WorkbenchError, match=r"needs at least 59 .*num_streams about"):
+        fit_age_policy(manifest, outputs, _state(), Settings, 2.0)
