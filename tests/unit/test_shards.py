@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -144,3 +146,11 @@ def test_store_urls():
         open_store("s3:///x")
     with pytest.raises(WorkbenchError, match="only s3://bucket/prefix or a folder"):
         open_store("gs://bucket/x")
+
+
+def test_a_full_local_disk_is_refused_naming_the_cache_folder(cache_folder, tmp_path, monkeypatch):
+    store = _written(cache_folder, tmp_path)
+    cached = open_sharded(store.url, tmp_path / "local", 2**20, "toy-")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(WorkbenchError, match=r"local shard cache .*/shards has 1,000 bytes free, too few for"):
+        cached.images[[0]]
