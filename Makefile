@@ -25,7 +25,7 @@ install: $(STAMP)
 # Re-resolve the newest versions the pyproject ranges admit and rewrite requirements.lock; review the diff.
 # The lock covers every extra of both projects (tests/unit/test_offline_and_lock.py checks it): name a new one here.
 LOCK_REPORT := .cache/lock-report.json
-LOCK_EXTRAS := dev,timm
+LOCK_EXTRAS := dev,timm,ray
 
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
