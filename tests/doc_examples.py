@@ -43,10 +43,21 @@ def examples(text: str) -> list[tuple[str, str, Any]]:
     return [(m["task"], m["path"], json.loads(m["body"])) for m in EXAMPLE.finditer(text)]
 
 
+# Fields that choose a section's shape: a certified section or not, a k-of-n or a mean-logit smoothing.
+SHAPE_FIELDS = ("certified", "smoothing.method")
+
+
+def _field(value: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def same_kind(example: Any, value: Any) -> bool:
-    """A section with a `certified` flag has two shapes: an example shows one, and is compared with that one only."""
-    flagged = isinstance(example, dict) and isinstance(value, dict) and "certified" in example
-    return not flagged or example["certified"] == value.get("certified")
+    """A section has one shape per value of its SHAPE_FIELDS: an example shows one and is compared with that one."""
+    return all(_field(example, f) is None or _field(example, f) == _field(value, f) for f in SHAPE_FIELDS)
 
 
 def drift(contract: dict[str, Any], text: str | None = None) -> list[str]:
@@ -71,7 +82,7 @@ def regenerate(bundles: list[Path]) -> None:
 
     def fill(match: re.Match) -> str:
         contract = contracts.get(match["task"])
-        if contract is None:
+        if contract is None or not same_kind(json.loads(match["body"]), section(contract, match["path"])):
             return match[0]
         body = json.dumps(section(contract, match["path"]), indent=2, sort_keys=True)
         return f"<!-- example: {match['task']} {match['path']} -->\n```json\n{body}\n```"

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from core.errors import WorkbenchError
+from core.paths import CONFIG_DIR
 
 TASKS = {"age": "age_synthetic", "content": "content_synthetic"}
 HEADLINES = {"age": ("mae", "MAE"), "content": ("accuracy", "accuracy")}
@@ -68,6 +69,12 @@ class Sizes:
         ]
 
 
+def _smoke_stream_overrides() -> list[str]:
+    """debug=smoke's stream sizes (configs/pipeline.yaml), so the tiny check renders what the smoke pipeline does."""
+    calibrate = OmegaConf.load(CONFIG_DIR / "pipeline.yaml").debug_runs.smoke.overrides.calibrate
+    return [override for override in calibrate if override.startswith("calibration.streams.")]
+
+
 REAL = Sizes(
     name="real",
     accelerator="gpu",
@@ -99,11 +106,7 @@ TINY = Sizes(
     calibration=(
         "calibration.age.max_minor_pass_rate=0.4",
         "calibration.content.min_recall=0.6",
-        "calibration.streams.content.num_streams=32",
-        "calibration.streams.content.stream_seconds=15",
-        "calibration.streams.content.min_deadline_recall=0.3",
-        "calibration.streams.age.num_streams=24",
-        "calibration.streams.age.frames_per_stream=4",
+        *_smoke_stream_overrides(),
     ),
     bench=(
         "bench.repeats=1",

@@ -159,7 +159,8 @@ def test_a_typo_inside_a_dict_value_is_named_never_the_typed_key_itself(tmp_path
 
 
 def test_a_group_the_stage_lacks_names_the_stages_that_have_it(tmp_path):
-    with pytest.raises(WorkbenchError, match=r"calibrate stage has no config group 'debug'.*belongs to: bench, shard, train"):
+    expected = r"calibrate stage has no config group 'debug'.*belongs to: bench, shard, train"
+    with pytest.raises(WorkbenchError, match=expected):
         validate("calibrate", ["debug=smoke", *_folders(tmp_path)])
 
 
