@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from datamodules.cache import CachedDataset, staged
 from datamodules.cards import DatasetCard
 from datamodules.integrity import (
     Cropping,
+    Inspection,
     identical_images,
     inspect_chunk,
     label_problems,
@@ -91,26 +93,75 @@ def ingest_key(rows: pd.DataFrame, root: Path, settings: IngestSettings, licence
     return digest.hexdigest()[:16]
 
 
-def _inspect_all(
-    root: Path, rows: pd.DataFrame, settings: IngestSettings, name: str, workers: int, pixels: np.ndarray
-) -> pd.DataFrame:
-    """Inspect every file in a process pool with a progress bar; clean pixels go straight into `pixels`."""
-    hash_list = HashList.load(settings.hash_lists)
-    starts = range(0, len(rows), CHUNK)
-    found: list[dict] = []
-    with Progress() as progress, worker_pool(workers, initializer=start_worker) as pool:
-        task = progress.add_task(f"Ingesting {name} (decode, hash, screen)", total=len(rows))
-        cropping = Cropping(settings.crop, settings.image_size)
+ENGINES = ("local", "ray")
+
+
+def require_engine(engine: str) -> None:
+    """Refuse an engine name before any file is read, saying which ones exist."""
+    if engine not in ENGINES:
+        raise WorkbenchError(
+            f"data.ingest_engine={engine!r} is not an ingest engine. Use 'local' (a process pool of "
+            "data.render_workers on this machine) or 'ray' (Ray Data: a local Ray, or the cluster at "
+            "data.ray_address); configs/datasets/licensed_common.yaml lists both."
+        )
+
+
+@dataclass(frozen=True)
+class IngestEngine:
+    """Where the per-file inspection runs. The result does not depend on it, so neither does the cache key."""
+
+    name: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        require_engine(self.name)
+
+
+def chunk_size(rows: int, workers: int) -> int:
+    """CHUNK rows per task, fewer when that would leave a worker idle on a small dataset."""
+    return max(1, min(CHUNK, -(-rows // max(1, workers))))
+
+
+def _pool_inspections(
+    root: Path, rows: pd.DataFrame, cropping: Cropping, min_size: int, hash_list: HashList, chunk: int, workers: int
+) -> Iterator[tuple[np.ndarray, list[Inspection]]]:
+    """(row positions, their inspections) per chunk from a local process pool."""
+    with worker_pool(workers, initializer=start_worker) as pool:
+        starts = range(0, len(rows), chunk)
         futures = [
-            pool.submit(inspect_chunk, root, rows.iloc[s : s + CHUNK], cropping, settings.min_image_size, hash_list)
-            for s in starts
+            pool.submit(inspect_chunk, root, rows.iloc[s : s + chunk], cropping, min_size, hash_list) for s in starts
         ]
         for start, future in zip(starts, futures, strict=True):
-            for offset, inspection in enumerate(future.result()):
+            inspections = future.result()
+            yield np.arange(start, start + len(inspections)), inspections
+
+
+def _inspect_all(
+    root: Path, rows: pd.DataFrame, settings: IngestSettings, name: str, engine: IngestEngine, pixels: np.ndarray
+) -> pd.DataFrame:
+    """Inspect every file on the engine with a progress bar; clean pixels go straight into `pixels`.
+
+    Each inspection is put back at its row's position, so the frame (and all that is built from it)
+    is the same whichever engine ran and in whatever order its chunks finished.
+    """
+    cropping, hash_list = Cropping(settings.crop, settings.image_size), HashList.load(settings.hash_lists)
+    work = (root, rows, cropping, settings.min_image_size, hash_list, chunk_size(len(rows), engine.workers))
+    if engine.name == "ray":
+        from datamodules.ray_ingest import ray_inspections  # imports ray: only when it is the engine
+
+        chunks = ray_inspections(*work, engine.workers, engine.ray_address)
+    else:
+        chunks = _pool_inspections(*work, engine.workers)
+    found: list[dict | None] = [None] * len(rows)
+    with Progress() as progress:
+        task = progress.add_task(f"Ingesting {name} (decode, hash, screen; {engine.name})", total=len(rows))
+        for positions, inspections in chunks:
+            for position, inspection in zip(positions, inspections, strict=True):
                 if inspection.pixels is not None:
-                    pixels[start + offset] = inspection.pixels
-                found.append({k: v for k, v in vars(inspection).items() if k != "pixels"})
-            progress.advance(task, CHUNK)
+                    pixels[position] = inspection.pixels
+                found[position] = {k: v for k, v in vars(inspection).items() if k != "pixels"}
+            progress.advance(task, len(positions))
     return pd.DataFrame(found)
 
 
@@ -244,9 +295,16 @@ def _refuse_if_unsafe(summary: dict, settings: IngestSettings, refused: Path, re
 
 
 def ingest(
-    adapter, root: Path, name: str, card: DatasetCard, settings: IngestSettings, cache_root: Path, workers: int = 1
+    adapter,
+    root: Path,
+    name: str,
+    card: DatasetCard,
+    settings: IngestSettings,
+    cache_root: Path,
+    engine: IngestEngine | None = None,
 ) -> CachedDataset:
-    """Return the cached dataset, ingesting it first when this exact data and config were never ingested."""
+    """Return the cached dataset, ingesting it first (on `engine`, one local process by default) when this
+    exact data and config were never ingested."""
     if not root.is_dir():
         raise WorkbenchError(f"data.root={root} is not a folder. Point it at the top folder of the {name} dataset.")
     rows = adapter.read(root)
@@ -265,7 +323,7 @@ def ingest(
         pixels = np.lib.format.open_memmap(
             staging / "all.npy", mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3)
         )
-        found = _inspect_all(root, rows, settings, name, workers, pixels)
+        found = _inspect_all(root, rows, settings, name, engine or IngestEngine(), pixels)
         kept, rows = _check(rows, found, settings, Path(cache_root) / "splits" / f"{name}.parquet")
         report, summary = _report(rows)
         _refuse_if_unsafe(summary, settings, Path(cache_root) / "refused" / f"{name}-{key}", report)

@@ -11,7 +11,7 @@ from childsafe_runtime.crop import CropConvention
 from datamodules.cache import CachedDataset
 from datamodules.cards import DatasetCard, load_card, require_permitted
 from datamodules.datamodule import CachedDataModule
-from datamodules.ingest import IngestSettings, ingest
+from datamodules.ingest import IngestEngine, IngestSettings, ingest
 
 
 class LicensedDataModule(CachedDataModule):
@@ -41,9 +41,12 @@ class LicensedDataModule(CachedDataModule):
         split_seed: int = 0,
         holdout_subject: str | None = None,
         max_images: int | None = None,
+        ingest_engine: str = "local",
+        ray_address: str | None = None,
         **loading: Any,
     ):
         super().__init__(cache_dir, target, preview_columns, **loading)
+        self.engine = IngestEngine(ingest_engine, self.render_workers, ray_address)  # a bad name fails here
         self.adapter, self.root, self.name = adapter, Path(root), name
         self.card_path, self.intended_use = card, intended_use
         self.settings = IngestSettings(
@@ -97,9 +100,7 @@ class LicensedDataModule(CachedDataModule):
         return self.settings.classes or None
 
     def build(self) -> CachedDataset:
-        return ingest(
-            self.adapter, self.root, self.name, self.card, self.settings, Path(self.cache_dir), self.render_workers
-        )
+        return ingest(self.adapter, self.root, self.name, self.card, self.settings, Path(self.cache_dir), self.engine)
 
     def data_metrics(self) -> dict[str, float]:
         summary = self.quarantine_summary()
