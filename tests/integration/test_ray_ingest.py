@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import free_port
+from stage_configs import compose_stage
 
 from core.errors import WorkbenchError
 from datamodules.ingest import chunk_size
 from datamodules.licensed.datamodule import LicensedDataModule
 from datamodules.licensed.tables import AgeManifest
 from datamodules.ray_ingest import ray_session
+from datamodules.shards import open_sharded, shard
 
 GOOD = 40
 
@@ -116,3 +118,17 @@ def test_ray_ingest_on_two_workers_equals_the_single_process_ingest(tmp_path):
         assert np.array_equal(other[1], single[1]), f"{run}: cached pixels"
         pd.testing.assert_frame_equal(other[2], single[2], obj=f"{run}: quarantine.csv")
         assert other[3] == summary, f"{run}: quarantine_summary.json (digest included)"
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_the_shard_stage_writes_a_ray_ingested_dataset_to_a_store(tmp_path):
+    """`childsafe shard data=age_manifest data.ingest_engine=ray data.store=...`: Ray ingests, the writer stores."""
+    root, store = leaky_dataset(tmp_path / "data"), tmp_path / "store"
+    overrides = ["experiment=age_utkface", "data=age_manifest", f"data.root={root}", "data.max_bad_fraction=1.0"]
+    overrides += ["data.ingest_engine=ray", "data.render_workers=2", f"data.store={store}"]
+    index = shard(compose_stage("shard", tmp_path, tmp_path / "cache", *overrides))
+    single = outputs(datamodule(root, tmp_path / "single"))[0]
+    stored = open_sharded(str(store), tmp_path / "reader", 1 << 30, "age_manifest").manifest
+    assert index["count"] == len(single)
+    pd.testing.assert_frame_equal(stored.sort_values("id").reset_index(drop=True), single)
