@@ -22,7 +22,7 @@ from childsafe_runtime.crop import BoxError, CropConvention, crop_face
 from datamodules.decoding import DecodeError, decode_image
 from datamodules.licensed.base import BOX_COLUMNS
 from datamodules.manifest import SPLITS
-from datamodules.screening import MATCH_DISTANCE, HashList, hamming, pdq_hash, to_hex
+from datamodules.screening import MATCH_DISTANCE, HashList, nearest, pdq_hash, to_hex
 from models.resize import resize_uint8
 
 
@@ -215,8 +215,8 @@ def near_duplicates_across_splits(pdq: pd.Series, split: pd.Series, max_distance
     (a position in `pdq`, -1 when none) and their `distance` in bits.
 
     Splits are ordered train < val < calib < test. The later-split copy is the leak (an evaluation
-    image the model effectively trained on), so it is the one quarantined. Cost is quadratic in
-    images, computed in chunks.
+    image the model effectively trained on), so it is the one quarantined. Time is quadratic in
+    images, memory is not (`nearest`).
     """
     packed = np.stack([np.frombuffer(bytes.fromhex(h), np.uint8) for h in pdq]) if len(pdq) else np.empty((0, 32))
     order = split.map({name: k for k, name in enumerate(SPLITS)}).to_numpy()
@@ -225,8 +225,7 @@ def near_duplicates_across_splits(pdq: pd.Series, split: pd.Series, max_distance
     for rank in range(1, len(SPLITS)):
         queries, earlier = np.flatnonzero(order == rank), np.flatnonzero(order < rank)
         if len(queries) and len(earlier):
-            distances = hamming(packed[queries], packed[earlier])
-            nearest = distances.argmin(axis=1)
-            closest[queries], distance[queries] = earlier[nearest], distances[np.arange(len(queries)), nearest]
+            positions, distance[queries] = nearest(packed[queries], packed[earlier])
+            closest[queries] = earlier[positions]
             leak[queries] = distance[queries] <= max_distance
     return pd.DataFrame({"leak": leak, "earlier": closest, "distance": distance}, index=pdq.index)
