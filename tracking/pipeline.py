@@ -34,6 +34,9 @@ from tracking.mlflow_run import default_tracking_uri
 
 # Parts of a stage's config that say where things go, not what is computed.
 NOT_RESULTS = ("hydra", "paths")
+# What `paths.output_dir` reads as in a stage's key: it is a new folder on every run (under the pipeline's own
+# Hydra run, `${hydra:runtime.output_dir}` resolves), and the keys that point into it change nothing computed.
+OUTPUT_DIR = "<this run's output folder>"
 
 
 def state_folder(cfg: DictConfig) -> Path:
@@ -141,6 +144,9 @@ def _resolved_leaves(cfg: DictConfig, raw: Any, prefix: str = "") -> Any:
 
 def stage_config(cfg: DictConfig) -> dict[str, Any]:
     """What a stage computes from: its composed config, resolved, without where its outputs go."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))  # a writable copy: the cached one stays
+    if has_key(cfg, "paths.output_dir"):
+        cfg.paths.output_dir = OUTPUT_DIR
     raw = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k not in NOT_RESULTS}
     return _resolved_leaves(cfg, raw)
 

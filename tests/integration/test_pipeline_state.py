@@ -197,3 +197,17 @@ def assert_every_key_has_one_meaning(client: MlflowClient) -> None:
             key,
             by_stage,
         )
+
+
+def test_a_stage_key_does_not_depend_on_the_run_folder(tmp_path):
+    """Under `childsafe pipeline`, `${hydra:runtime.output_dir}` resolves to a new folder on each run: the keys
+    that point into it (trainer.default_root_dir, the logger's and heartbeat's run_dir) must not re-run a stage."""
+    cfg = _pipeline_cfg(tmp_path)
+    composed = pipeline_module.compose_stage("train", tuple(pipeline_module.stage_arguments(cfg, "train")))
+    keys = []
+    for run in ("2026-12-03_10-00-00", "2026-12-03_11-00-00"):
+        this_run = OmegaConf.create(OmegaConf.to_container(composed, resolve=False))
+        this_run.paths.output_dir = str(tmp_path / "outputs" / run)  # what the Hydra runtime would resolve
+        keys.append(pipeline_module.stage_config(this_run))
+    assert keys[0] == keys[1]
+    assert keys[0]["trainer"]["default_root_dir"] == pipeline_module.OUTPUT_DIR
