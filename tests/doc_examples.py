@@ -3,7 +3,8 @@
 Each example is a fenced ```json block right after a marker `<!-- example: TASK PATH -->`, where
 PATH is a dotted path into the contract (`input`, `operating_points.0`). The export tests compare
 every example's structure (its keys, recursively, and the first item of each list) with the contract
-they just exported, so the doc cannot drift from the code. To refresh the values from bundles:
+they just exported, so the doc cannot drift from the code. A list of more than MAX_LISTED objects
+is shown with its first only. To refresh the values from bundles:
 
     python tests/doc_examples.py releases/childsafe-age_synthetic releases/childsafe-content_synthetic
 """
@@ -43,6 +44,8 @@ def examples(text: str) -> list[tuple[str, str, Any]]:
     return [(m["task"], m["path"], json.loads(m["body"])) for m in EXAMPLE.finditer(text)]
 
 
+# Lists of objects longer than this are shown with their first item only (a stream's curve has one per frame).
+MAX_LISTED = 6
 # Fields that choose a section's shape: a certified section or not, a k-of-n or a mean-logit smoothing.
 SHAPE_FIELDS = ("certified", "smoothing.method")
 
@@ -77,14 +80,25 @@ def drift(contract: dict[str, Any], text: str | None = None) -> list[str]:
     ]
 
 
+def abridged(value: Any) -> Any:
+    """A list of more than MAX_LISTED objects cut to its first: the structure check reads only that one."""
+    if isinstance(value, dict):
+        return {key: abridged(item) for key, item in value.items()}
+    if isinstance(value, list):
+        long = len(value) > MAX_LISTED and all(isinstance(item, dict) for item in value)
+        return [abridged(item) for item in (value[:1] if long else value)]
+    return value
+
+
 def regenerate(bundles: list[Path]) -> None:
+    """Each example from its bundle's contract where one was given (of the same kind), abridged either way."""
     contracts = {c["task"]: c for c in (json.loads((b / "contract.json").read_text()) for b in bundles)}
 
     def fill(match: re.Match) -> str:
-        contract = contracts.get(match["task"])
-        if contract is None or not same_kind(json.loads(match["body"]), section(contract, match["path"])):
-            return match[0]
-        body = json.dumps(section(contract, match["path"]), indent=2, sort_keys=True)
+        value, contract = json.loads(match["body"]), contracts.get(match["task"])
+        if contract is not None and same_kind(value, section(contract, match["path"])):
+            value = section(contract, match["path"])
+        body = json.dumps(abridged(value), indent=2, sort_keys=True)
         return f"<!-- example: {match['task']} {match['path']} -->\n```json\n{body}\n```"
 
     DOC.write_text(EXAMPLE.sub(fill, DOC.read_text()))
