@@ -6,7 +6,9 @@ from doc_examples import MAX_LISTED, abridged, drift
 
 CONTRACT = {
     "task": "age",
-    "stream": {"age": {"gates": [{"gate": g, "per_stream": [{"frames": m} for m in range(1, 11)]} for g in (13, 16, 18)]}},
+    "stream": {
+        "age": {"gates": [{"gate": g, "per_stream": [{"frames": m} for m in range(1, 11)]} for g in (13, 16, 18)]}
+    },
 }
 
 
