@@ -31,6 +31,7 @@ from export.model_card import render_model_card, render_version_description
 from export.onnx_export import embed_contract, export_onnx
 from export.parity import check_parity, check_sizes, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
+from export.shortfalls import shortfall_warnings
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from models.resize import Framing
 from tracking.mlflow_run import append_description, finished_runs_under, log_metrics, run_link, stage_run
@@ -153,6 +154,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
     state, rows, target = inputs.state, inputs.rows, inputs.target
     warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
+    warnings += shortfall_warnings(state)
     signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
     face_crop = face_crop_of(inputs.data, inputs.module.framing) if state.task == "age" else None
     exporter = export_onnx(inputs.wrapper, staging / "model.onnx", settings.opset)

@@ -32,11 +32,13 @@ def section(contract: dict[str, Any], path: str) -> Any:
 
 
 def structure(value: Any) -> Any:
-    """Keys all the way down (but CONDITIONAL ones); a list stands for its first item's structure; leaves are None."""
+    """Keys all the way down (but CONDITIONAL ones); a list of objects stands for its first item's structure, and
+    a list of plain values (the release warnings, a shape) for none, as only the data decides how many it holds;
+    leaves are None."""
     if isinstance(value, dict):
         return {key: structure(item) for key, item in sorted(value.items()) if not CONDITIONAL.fullmatch(key)}
     if isinstance(value, list):
-        return [structure(value[0])] if value else []
+        return [structure(value[0])] if value and isinstance(value[0], (dict, list)) else []
     return None
 
 
