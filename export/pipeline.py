@@ -24,6 +24,7 @@ from calibration.state import CalibrationState
 from core.errors import WorkbenchError
 from core.hydra_app import console, show_metrics
 from evaluation.scorecard import scorecard
+from evaluation.shortfalls import shortfall_warnings
 from export.bundle import publish, release_key, staging_folder, write_sums
 from export.contract import build_contract, contract_text
 from export.metrics import headline, sliced
@@ -31,7 +32,6 @@ from export.model_card import render_model_card, render_version_description
 from export.onnx_export import embed_contract, export_onnx
 from export.parity import check_parity, check_sizes, onnx_outputs, recount_certificates, reference_outputs
 from export.quantize import judge, quantize
-from export.shortfalls import shortfall_warnings
 from export.wrapper import AgeExportWrapper, ContentExportWrapper
 from models.resize import Framing
 from tracking.mlflow_run import append_description, finished_runs_under, log_metrics, run_link, stage_run
@@ -154,7 +154,6 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
     """Export into `staging`, prove parity on the calib and test images, then write contract, card and sums."""
     state, rows, target = inputs.state, inputs.rows, inputs.target
     warnings = degenerate_warnings(state, inputs.release["max_false_alarm_rate"], settings.allow_degenerate)
-    warnings += shortfall_warnings(state)
     signing_key = release_key(settings.signing.key)  # an unreadable key fails before the export work
     face_crop = face_crop_of(inputs.data, inputs.module.framing) if state.task == "age" else None
     exporter = export_onnx(inputs.wrapper, staging / "model.onnx", settings.opset)
@@ -207,6 +206,7 @@ def build_bundle(settings: DictConfig, inputs: ExportInputs, staging: Path, repo
         },
         quantization,
     )
+    contract["release"]["warnings"] += shortfall_warnings(contract)  # read from the figures the contract ships
     (staging / "contract.json").write_text(contract_text(contract))
     embed_contract(staging / "model.onnx", contract)
     (staging / "model_card.md").write_text(render_model_card(contract))

@@ -217,6 +217,33 @@ def test_absolute_gates_refuse_each_failure_by_name(edits, gates, failed):
     assert failed_gates(changed(contract(), *edits), **gates) == failed
 
 
+def _stream(kind: str, low: float, high: float) -> tuple[tuple[str], dict[str, Any]]:
+    """A certified stream policy whose one test figure has the interval (low, high)."""
+    figure = {"value": (low + high) / 2, "ci_low": low, "ci_high": high, "n": 400}
+    if kind == "age":
+        section = {"policy": {"method": "mean_logit"}, "certificate": {"max_minor_pass_rate": 0.01}}
+        section |= {"gates": [{"gate": 16.0, "test": {"minor_pass_rate": figure}}]}
+    else:
+        section = {"policy": {"method": "k_of_n"}, "certificate": {"deadline_s": 5.0, "min_recall": 0.9}}
+        section |= {"test": {"deadline_recall": {"5s": figure}}}
+    return ("stream",), {"certified": True, **section}
+
+
+@pytest.mark.parametrize(
+    ("stream", "failed"),
+    [
+        pytest.param(_stream("age", 0.005, 0.0295), [], id="age-interval-contains-target"),
+        pytest.param(_stream("age", 0.012, 0.03), ["age stream gate 16: test interval admits the target"], id="age"),
+        pytest.param(_stream("content", 0.85, 0.95), [], id="content-interval-contains-target"),
+        pytest.param(
+            _stream("content", 0.7, 0.85), ["content stream recall: test interval admits the target"], id="content"
+        ),
+    ],
+)
+def test_a_stream_policy_whose_test_interval_excludes_its_target_is_refused(stream, failed):
+    assert failed_gates(changed(contract(), stream)) == failed
+
+
 # --- against a real SQLite registry ---
 
 
