@@ -3,7 +3,7 @@
 Each example is a fenced ```json block right after a marker `<!-- example: TASK PATH -->`, where
 PATH is a dotted path into the contract (`input`, `operating_points.0`). The export tests compare
 every example's structure (its keys, recursively, and the first item of each list) with the contract
-they just exported, so the doc cannot drift from the code. A list of more than MAX_LISTED objects
+they just exported, so the doc cannot drift from the code. A list of more than MAX_LISTED items
 is shown with its first only. To refresh the values from bundles:
 
     python tests/doc_examples.py releases/childsafe-age_synthetic releases/childsafe-content_synthetic
@@ -46,8 +46,8 @@ def examples(text: str) -> list[tuple[str, str, Any]]:
     return [(m["task"], m["path"], json.loads(m["body"])) for m in EXAMPLE.finditer(text)]
 
 
-# Lists of objects longer than this are shown with their first item only (a stream's curve has one per frame).
-MAX_LISTED = 6
+# Lists longer than this are shown with their first item only (a stream's curve has one per frame).
+MAX_LISTED = 8
 # Fields that choose a section's shape: a certified section or not, a k-of-n or a mean-logit smoothing.
 SHAPE_FIELDS = ("certified", "smoothing.method")
 
@@ -83,12 +83,11 @@ def drift(contract: dict[str, Any], text: str | None = None) -> list[str]:
 
 
 def abridged(value: Any) -> Any:
-    """A list of more than MAX_LISTED objects cut to its first: the structure check reads only that one."""
+    """A list of more than MAX_LISTED items cut to its first: the structure check reads only that one."""
     if isinstance(value, dict):
         return {key: abridged(item) for key, item in value.items()}
     if isinstance(value, list):
-        long = len(value) > MAX_LISTED and all(isinstance(item, dict) for item in value)
-        return [abridged(item) for item in (value[:1] if long else value)]
+        return [abridged(item) for item in (value[:1] if len(value) > MAX_LISTED else value)]
     return value
 
 
