@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,21 @@ CONNECT_TIMEOUT_S = 5.0
 def _inspect_batch(
     batch: dict[str, np.ndarray], root: Path, rows: pd.DataFrame, cropping: Cropping, min_size: int, hashes: HashList
 ) -> dict[str, np.ndarray]:
-    """One Ray task: the batch's row positions and their inspections (pixels included) as an object column."""
+    """One Ray task: the batch's row positions, their inspections as an object column, and their pixels apart.
+
+    The pixels travel as one uint8 tensor column (zeros where a file stays out of the cache), which
+    Ray Data moves as an Arrow tensor, not as a pickled array inside every inspection.
+    """
     start_worker()
     positions = batch["id"]
-    inspections = np.empty(len(positions), dtype=object)
-    inspections[:] = inspect_chunk(root, rows.iloc[positions], cropping, min_size, hashes)
-    return {"position": positions, "inspection": inspections}
+    found = inspect_chunk(root, rows.iloc[positions], cropping, min_size, hashes)
+    clean = np.array([inspection.pixels is not None for inspection in found])
+    pixels = np.zeros((len(found), cropping.size, cropping.size, 3), dtype=np.uint8)
+    for row in np.flatnonzero(clean):
+        pixels[row] = found[row].pixels
+    inspections = np.empty(len(found), dtype=object)
+    inspections[:] = [replace(inspection, pixels=None) for inspection in found]
+    return {"position": positions, "inspection": inspections, "clean": clean, "pixels": pixels}
 
 
 def _require_reachable(address: str) -> None:
@@ -116,4 +126,8 @@ def ray_inspections(
             fn_kwargs={"root": root, "rows": table, "cropping": cropping, "min_size": min_size, "hashes": hash_list},
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            yield batch["position"], list(batch["inspection"])
+            inspections = [
+                replace(inspection, pixels=pixels) if clean else inspection
+                for inspection, clean, pixels in zip(batch["inspection"], batch["clean"], batch["pixels"], strict=True)
+            ]
+            yield batch["position"], inspections
