@@ -38,13 +38,19 @@ class CertifiedFigure:
             return False
         return self.low > self.target if self.at_most else self.high < self.target
 
+    @property
+    def measured(self) -> str:
+        """The figure against its target, in the words of the warning and of promotion's gate."""
+        promise = f"the certified {'at most' if self.at_most else 'at least'} {self.target:g}"
+        if self.value is None:
+            return f"{self.what}: not measured on test, against {promise}"
+        interval = f"n={self.n}, 95% CI {self.low:.4f}-{self.high:.4f}"
+        return f"{self.what}: {self.value:.4f} on test ({interval}) against {promise}"
+
     def shortfall(self) -> str | None:
         if not self.missed:
             return None
-        measured = (
-            f"{self.what}: {self.value:.4f} on test (n={self.n}, 95% CI {self.low:.4f}-{self.high:.4f}) against the "
-            f"certified {'at most' if self.at_most else 'at least'} {self.target:g}"
-        )
+        measured = self.measured
         if self.contradicted:
             return (
                 f"{measured}. The interval excludes the target: on this test split the guarantee does not hold. "

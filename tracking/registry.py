@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.errors import WorkbenchError
-from evaluation.shortfalls import stream_figures
+from evaluation.shortfalls import CertifiedFigure, stream_figures
 from tracking.mlflow_run import default_tracking_uri
 
 if TYPE_CHECKING:
@@ -39,16 +39,7 @@ def safety_record(contract: dict[str, Any]) -> dict[str, Any]:
         "headline": {"name": headline["name"], "value": headline["value"]},
         "worst_slice_ratio": worst_slice_ratio(contract),
         "points": {point["name"]: _point_record(point) for point in contract["operating_points"]},
-        "streams": {
-            figure.name: {
-                "test": figure.value,
-                "test_ci_low": figure.low,
-                "test_ci_high": figure.high,
-                "target": figure.target,
-                "at_most": figure.at_most,
-            }
-            for figure in stream_figures(contract)
-        },
+        "streams": [asdict(figure) for figure in stream_figures(contract)],
         "debug_run": contract["release"]["debug_run"],
         "data": {
             "synthetic": data["synthetic"],
@@ -285,14 +276,6 @@ def _at_most(gate: str, value: float | None, limit: float | None, fix: str) -> G
     return GateCheck(gate, False, f"{format_figure(value)} > {format_figure(limit)}: {fix}")
 
 
-def _at_least(gate: str, value: float | None, limit: float | None, fix: str) -> GateCheck:
-    if value is None or limit is None:
-        return _at_most(gate, value, limit, fix)  # the same refusal of what was not measured
-    if value >= limit:
-        return GateCheck(gate, True, f"{format_figure(value)} >= {format_figure(limit)}")
-    return GateCheck(gate, False, f"{format_figure(value)} < {format_figure(limit)}: {fix}")
-
-
 def _data_permits(data: dict[str, Any], intended_use: str) -> GateCheck:
     gate = f"data permits '{intended_use}' use"
     uses = data["permitted_uses"]
@@ -356,16 +339,16 @@ def absolute_gates(record: dict[str, Any], gates: dict[str, Any]) -> list[GateCh
                 "champion; lower its recall target or calibrate on more or cleaner data",
             ),
         ]
-    for name, figure in record.get("streams", {}).items():  # versions registered before stream policies have none
-        fix = (
-            "the whole test interval lies on the wrong side of the certified target, so the stream certificate does "
-            "not hold on the test streams; recalibrate on calib streams drawn like the test streams"
-        )
-        gate = f"{name}: test interval admits the target"
-        if figure["at_most"]:
-            checks.append(_at_most(gate, figure["test_ci_low"], figure["target"], fix))
+    for fields in record.get("streams", []):  # versions registered before stream policies have none
+        figure = CertifiedFigure(**fields)
+        gate = f"{figure.name}: test interval admits the target"
+        if figure.value is None:
+            checks.append(GateCheck(gate, False, f"{figure.measured}, so it cannot be shown met"))
+        elif figure.contradicted:
+            fix = "the stream certificate does not hold on the test streams; recalibrate on streams drawn like them"
+            checks.append(GateCheck(gate, False, f"{figure.measured}, the whole interval on the wrong side: {fix}"))
         else:
-            checks.append(_at_least(gate, figure["test_ci_high"], figure["target"], fix))
+            checks.append(GateCheck(gate, True, figure.measured))
     checks += [
         _not_set(
             "trained without a debug config",

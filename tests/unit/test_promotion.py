@@ -244,6 +244,15 @@ def test_a_stream_policy_whose_test_interval_excludes_its_target_is_refused(stre
     assert failed_gates(changed(contract(), stream)) == failed
 
 
+def test_a_stream_figure_test_did_not_measure_is_refused_and_old_versions_without_streams_pass():
+    path, section = _stream("age", 0.005, 0.0295)
+    section["gates"][0]["test"]["minor_pass_rate"] = {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+    assert failed_gates(changed(contract(), (path, section))) == ["age stream gate 16: test interval admits the target"]
+    record = safety_record(contract())
+    del record["streams"]  # a version registered before the stream gates
+    assert all(check.passed for check in absolute_gates(record, GATES))
+
+
 # --- against a real SQLite registry ---
 
 
